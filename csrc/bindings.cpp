@@ -1,0 +1,60 @@
+// pybind11 bindings of bort._core: conversions only, no logic.
+// std::invalid_argument from the core surfaces as ValueError.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "arch.hpp"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "bort's C++ core (private; use the bort package)";
+  m.attr("__version__") = BORT_VERSION;
+
+  py::enum_<bort::Activation>(m, "Activation", py::module_local())
+      .value("gelu_erf", bort::Activation::GeluErf)
+      .value("gelu_tanh", bort::Activation::GeluTanh)
+      .value("relu", bort::Activation::Relu);
+
+  py::enum_<bort::PositionStyle>(m, "PositionStyle", py::module_local())
+      .value("absolute", bort::PositionStyle::Absolute)
+      .value("roberta", bort::PositionStyle::Roberta);
+
+  py::class_<bort::Layer>(m, "Layer", py::module_local())
+      .def(py::init([](int64_t heads, int64_t head_dim, int64_t ffn) {
+             return bort::Layer{heads, head_dim, ffn};
+           }),
+           py::arg("heads"), py::arg("head_dim"), py::arg("ffn"))
+      .def_readonly("heads", &bort::Layer::heads)
+      .def_readonly("head_dim", &bort::Layer::head_dim)
+      .def_readonly("ffn", &bort::Layer::ffn)
+      .def("params", &bort::Layer::params, py::arg("hidden"))
+      .def("flops", &bort::Layer::flops, py::arg("hidden"), py::arg("batch"), py::arg("seq_len"));
+
+  py::class_<bort::Params>(m, "Params", py::module_local())
+      .def_readonly("embeddings", &bort::Params::embeddings)
+      .def_readonly("encoder", &bort::Params::encoder)
+      .def_readonly("pooler", &bort::Params::pooler)
+      .def_readonly("head", &bort::Params::head)
+      .def_property_readonly("total", &bort::Params::total);
+
+  py::class_<bort::Arch>(m, "Arch", py::module_local())
+      .def(py::init([](int64_t hidden, std::vector<bort::Layer> layers, int64_t vocab_size,
+                       int64_t max_positions, int64_t type_vocab_size, bort::Activation activation,
+                       double layer_norm_eps, bort::PositionStyle position_style,
+                       int64_t pad_token_id, bool pooler, int64_t num_labels) {
+             bort::Arch a{hidden,         std::move(layers), vocab_size,     max_positions,
+                          type_vocab_size, activation,       layer_norm_eps, position_style,
+                          pad_token_id,   pooler,            num_labels};
+             a.validate();
+             return a;
+           }),
+           py::kw_only(), py::arg("hidden"), py::arg("layers"), py::arg("vocab_size"),
+           py::arg("max_positions"), py::arg("type_vocab_size"), py::arg("activation"),
+           py::arg("layer_norm_eps"), py::arg("position_style"), py::arg("pad_token_id"),
+           py::arg("pooler"), py::arg("num_labels"))
+      .def_readonly("hidden", &bort::Arch::hidden)
+      .def_readonly("layers", &bort::Arch::layers)
+      .def("params", &bort::Arch::params)
+      .def("flops", &bort::Arch::flops, py::arg("batch"), py::arg("seq_len"));
+}

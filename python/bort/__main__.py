@@ -1,0 +1,5 @@
+"""`python -m bort` is the `bort` command."""
+
+from .cli import main
+
+raise SystemExit(main())

