@@ -6,11 +6,15 @@ for a `BortModel` its config.json, so each checkpoint is also a loadable model),
 loop's data position. It is written under a temporary name and renamed into place, so a crash or
 Ctrl-C mid-write leaves the previous checkpoint as it was and never a half-written one.
 
-Example:
-    >>> save_checkpoint(run_dir, step, model=model, optimizer=opt, scheduler=sched,
-    ...                 data={"epoch": epoch, "batch": i})
-    >>> state = resume(run_dir, model=model, optimizer=opt, scheduler=sched)
-    >>> start = state.step if state else 0
+Example (inside a training loop)::
+
+    state = resume(run_dir, model=model, optimizer=opt, scheduler=sched)  # None on a fresh run
+    start = state.step if state else 0
+    for step in range(start, total):
+        ...
+        if step % every == 0:
+            save_checkpoint(run_dir, step, model=model, optimizer=opt, scheduler=sched,
+                            data={"epoch": epoch, "batch": i})
 """
 
 from __future__ import annotations

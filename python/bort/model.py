@@ -10,6 +10,7 @@ first token's vector → pooler (dense + tanh) → dropout → ``classifier`` (l
 format that fine-tuning writes and the runtime reads; a problem of type "regression" has one output.
 
 Example:
+    >>> import torch
     >>> from bort.model import BortModel
     >>> from bort.assets import default_source
     >>> model = BortModel.from_pretrained(default_source()).eval()
