@@ -1,11 +1,43 @@
 // pybind11 bindings of bort._core: conversions only, no logic.
 // std::invalid_argument from the core surfaces as ValueError.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include "arch.hpp"
+#include "frontier/frontier.hpp"
 
 namespace py = pybind11;
+
+namespace {
+
+using f64_array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+std::vector<double> to_vector(const f64_array& a, const char* what) {
+  if (a.ndim() != 1) throw std::invalid_argument(std::string(what) + " must be 1-D");
+  return std::vector<double>(a.data(), a.data() + a.size());
+}
+
+py::tuple frontier_solve(const std::vector<std::pair<f64_array, f64_array>>& layers,
+                         double base_cost, double base_error, double epsilon, size_t max_states,
+                         bool thin) {
+  std::vector<bort::frontier::Choices> choices;
+  for (const auto& [cost, error] : layers)
+    choices.push_back({to_vector(cost, "cost"), to_vector(error, "error")});
+  bort::frontier::Front front;
+  {
+    py::gil_scoped_release release;
+    front = bort::frontier::solve(choices, base_cost, base_error, epsilon, max_states, thin);
+  }
+  const auto p = static_cast<py::ssize_t>(front.cost.size());
+  const auto n = static_cast<py::ssize_t>(front.layers);
+  py::array_t<int32_t> choice({p, n});
+  std::copy(front.choice.begin(), front.choice.end(), choice.mutable_data());
+  return py::make_tuple(py::array_t<double>(p, front.cost.data()),
+                        py::array_t<double>(p, front.error.data()), choice);
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "bort's C++ core (private; use the bort package)";
@@ -57,4 +89,21 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("layers", &bort::Arch::layers)
       .def("params", &bort::Arch::params)
       .def("flops", &bort::Arch::flops, py::arg("batch"), py::arg("seq_len"));
+
+  m.def("frontier_solve", &frontier_solve, py::arg("layers"), py::arg("base_cost"),
+        py::arg("base_error"), py::arg("epsilon"), py::arg("max_states"), py::arg("thin") = true,
+        "ε-approximate (cost, error) Pareto front over one choice per layer; see "
+        "csrc/frontier/frontier.hpp. layers: [(cost (C,), error (C,)), ...]. Returns "
+        "(cost (P,), error (P,), choice (P, n) int32).");
+  m.def(
+      "frontier_thin",
+      [](const f64_array& cost, const f64_array& error, double ratio) {
+        const auto kept =
+            bort::frontier::thin(to_vector(cost, "cost"), to_vector(error, "error"), ratio);
+        const std::vector<int64_t> out(kept.begin(), kept.end());
+        return py::array_t<int64_t>(static_cast<py::ssize_t>(out.size()), out.data());
+      },
+      py::arg("cost"), py::arg("error"), py::arg("ratio"),
+      "Indices of a thinned Pareto front (cost ascending, error descending): every dropped point "
+      "has a kept one with error <= and cost <= ratio x.");
 }
