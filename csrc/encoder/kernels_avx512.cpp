@@ -1,0 +1,16 @@
+// The AVX-512 build of kernels_impl.hpp (compiled with -mavx512f -mavx512dq -mavx512bw -mavx512vl).
+#define BORT_AVX512
+#include "encoder/kernels.hpp"
+
+// Standard headers first: kernels_impl.hpp is included inside a namespace below.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace bort::encoder::avx512 {
+#include "encoder/kernels_impl.hpp"
+const Kernels kernels{"avx512", bias_act, add_layernorm, softmax};
+}  // namespace bort::encoder::avx512
