@@ -69,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_info.add_argument("--seq-len", type=int, default=128, help="tokens per sequence")
     p_info.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    p_export = commands.add_parser("export", help="write a model as one ONNX file")
+    p_export.add_argument("model", help="model directory (bort or Hugging Face BERT/RoBERTa)")
+    p_export.add_argument("--out", required=True, help="the .onnx file to write")
+    p_export.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -77,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(json.dumps(report, indent=2))
             else:
                 _print_info(report)
+        elif args.command == "export":
+            from .export import export_onnx
+            from .model import BortModel
+
+            path = export_onnx(BortModel.from_pretrained(args.model), args.out, opset=args.opset)
+            print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     except (BortError, OSError, ValueError) as e:
         print(f"bort {args.command}: error: {e}", file=sys.stderr)
         return 1

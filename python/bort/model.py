@@ -271,7 +271,8 @@ class BortModel(nn.Module):
                 output_attentions: bool = False) -> ModelOutput:
         """Hugging Face semantics: ``input_ids``, ``attention_mask`` (1 = token, 0 = padding) and
         ``token_type_ids``, all (B, S); missing mask = all tokens, missing types = 0."""
-        self._check_inputs(input_ids, attention_mask, token_type_ids)
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # not while exporting
+            self._check_inputs(input_ids, attention_mask, token_type_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids.long(), token_type_ids.long())
