@@ -148,7 +148,8 @@ PYBIND11_MODULE(_core, m) {
       .def("flops", &bort::Arch::flops, py::arg("batch"), py::arg("seq_len"));
 
   py::class_<bort::encoder::Encoder>(m, "Encoder", py::module_local())
-      .def(py::init([](const bort::Arch& arch, const py::dict& weights, int num_threads) {
+      .def(py::init([](const bort::Arch& arch, const py::dict& weights, int num_threads,
+                       const std::string& dtype) {
              std::map<std::string, bort::encoder::TensorView> views;
              std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> held;
              for (auto item : weights) {
@@ -162,9 +163,13 @@ PYBIND11_MODULE(_core, m) {
                views[py::str(item.first)] = v;
              }
              if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
-             return std::make_unique<bort::encoder::Encoder>(arch, views, num_threads);
+             using bort::encoder::Dtype;
+             const Dtype d = dtype == "fp32" ? Dtype::F32 : dtype == "bf16" ? Dtype::BF16
+                           : dtype == "int8" ? Dtype::I8
+                           : throw std::invalid_argument("dtype must be fp32, bf16 or int8, got " + dtype);
+             return std::make_unique<bort::encoder::Encoder>(arch, views, num_threads, d);
            }),
-           py::arg("arch"), py::arg("weights"), py::arg("num_threads"))
+           py::arg("arch"), py::arg("weights"), py::arg("num_threads"), py::arg("dtype") = "fp32")
       .def("forward", &encoder_forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),
            py::arg("token_type_ids") = py::none(), py::arg("timed") = false,
            "Run the encoder; returns a dict of float32 arrays (last_hidden_state (B, S, H), "

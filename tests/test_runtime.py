@@ -110,9 +110,30 @@ def test_layerwise_matches_bort_model() -> None:
     assert np.abs(got["logits"] - expected.logits.numpy()).max() <= TOL
 
 
+def min_token_cosine(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    a, b = a[mask.astype(bool)], b[mask.astype(bool)]
+    return float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+
+
+@pytest.mark.parametrize("dtype,bound", [("bf16", 0.999), ("int8", 0.99)])
+def test_low_precision_matches_fp32(minilm_dir, dtype, bound) -> None:
+    """bf16 and int8 GEMMs: every token's vector points where transformers' does."""
+    from transformers import BertModel
+
+    ids, mask, types = random_batch(30522, [1, 37, 128, 9], seed=4)
+    with torch.no_grad():
+        ref = BertModel.from_pretrained(minilm_dir).eval()(
+            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            token_type_ids=torch.from_numpy(types)).last_hidden_state.numpy()
+    enc = Encoder.from_pretrained(minilm_dir, dtype=dtype, num_threads=2)
+    cos = min_token_cosine(enc(ids, mask, types), ref, mask)
+    print(f"{dtype}: min per-token cosine {cos:.5f}")
+    assert cos >= bound
+
+
 def test_forced_avx2_path_passes_parity(minilm_dir, tmp_path) -> None:
-    """The AVX2 kernels (and MKL's AVX2 code) give the same answers: run in a process with
-    BORT_ISA=avx2."""
+    """The AVX2 kernels (and MKL's AVX2 code, 7-bit int8 weights) give the same answers, in
+    every dtype: run in a process with BORT_ISA=avx2."""
     code = f"""
 import sys, numpy as np, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -120,16 +141,20 @@ from test_runtime import random_batch
 from bort import _core
 from bort.runtime import Encoder
 from transformers import BertModel
+from test_runtime import min_token_cosine
 assert _core.encoder_isa() == "avx2", _core.encoder_isa()
 ids, mask, types = random_batch(30522, [3, 70, 128])
-enc = Encoder.from_pretrained({str(minilm_dir)!r}, num_threads=2)
 ref = BertModel.from_pretrained({str(minilm_dir)!r}).eval()
 with torch.no_grad():
     r = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
             token_type_ids=torch.from_numpy(types)).last_hidden_state.numpy()
+enc = Encoder.from_pretrained({str(minilm_dir)!r}, num_threads=2)
 diff = np.abs(enc(ids, mask, types) - r)[mask.astype(bool)].max()
-print(diff)
-assert diff <= {TOL}
+assert diff <= {TOL}, diff
+for dtype, bound in (("bf16", 0.999), ("int8", 0.99)):
+    enc = Encoder.from_pretrained({str(minilm_dir)!r}, num_threads=2, dtype=dtype)
+    cos = min_token_cosine(enc(ids, mask, types), r, mask)
+    assert cos >= bound, (dtype, cos)
 """
     env = {**os.environ, "BORT_ISA": "avx2", "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

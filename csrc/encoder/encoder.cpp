@@ -51,63 +51,17 @@ void configure_mkl() {
   (void)once;
 }
 
+// Without VNNI, MKL's u8 × s8 kernels sum pairs in saturating int16: keep weights to 7 bits.
+int int8_max() {
+  const char* forced = std::getenv("BORT_ISA");
+  const bool avx2_only = forced && std::string(forced) == "avx2";
+  const bool vnni = __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
+  return vnni && !avx2_only ? 127 : 63;
+}
+
 using Clock = std::chrono::steady_clock;
 
 }  // namespace
-
-// Y (M, N) = X (M, K) · Wᵀ with W (N, K) packed once at load into MKL's GEMM layout, in one
-// column slice per pool thread (each thread multiplies its slice; nothing is shared).
-// MKL's packed layout depends on the M given when packing: 128 measured fastest for every M from
-// 1 to 512 on this machine class (2× the unpacked rate at M = 16), and results are exact for any M.
-struct Encoder::Linear {
-  int64_t N = 0, K = 0;
-  struct Slice {
-    int64_t n0, n1;
-    float* packed;
-  };
-  std::vector<Slice> slices;
-
-  Linear() = default;
-  Linear(const std::vector<float>& W, int64_t n, int64_t k, int parts) : N(n), K(k) {
-    const int64_t blocks = (N + 15) / 16;
-    parts = static_cast<int>(std::min<int64_t>(std::max(parts, 1), blocks));
-    for (int p = 0; p < parts; ++p) {
-      const int64_t n0 = std::min(N, blocks * p / parts * 16);
-      const int64_t n1 = std::min(N, blocks * (p + 1) / parts * 16);
-      if (n1 <= n0) continue;
-      const size_t bytes = cblas_sgemm_pack_get_size(CblasBMatrix, 128, n1 - n0, K);
-      float* dst = static_cast<float*>(mkl_malloc(bytes, 64));
-      if (!dst) throw std::bad_alloc();
-      cblas_sgemm_pack(CblasRowMajor, CblasBMatrix, CblasTrans, 128, n1 - n0, K, 1.0f,
-                       W.data() + n0 * K, K, dst);
-      slices.push_back({n0, n1, dst});
-    }
-  }
-  Linear(Linear&& o) noexcept : N(o.N), K(o.K), slices(std::move(o.slices)) { o.slices.clear(); }
-  Linear& operator=(Linear&& o) noexcept {
-    std::swap(N, o.N);
-    std::swap(K, o.K);
-    std::swap(slices, o.slices);
-    return *this;
-  }
-  ~Linear() {
-    for (auto& s : slices) mkl_free(s.packed);
-  }
-
-  // Y = X · Wᵀ, then epilogue(n0, n1) on each slice's columns while they are in cache.
-  template <class Epilogue>
-  void operator()(ThreadPool& pool, const float* X, int64_t M, float* Y, Epilogue epilogue) const {
-    pool.run(static_cast<int64_t>(slices.size()), [&](int64_t p, int) {
-      const Slice& s = slices[p];
-      cblas_sgemm_compute(CblasRowMajor, CblasNoTrans, CblasPacked, M, s.n1 - s.n0, K, X, K,
-                          s.packed, K, 0.0f, Y + s.n0, N);
-      epilogue(s.n0, s.n1);
-    });
-  }
-  void operator()(ThreadPool& pool, const float* X, int64_t M, float* Y) const {
-    (*this)(pool, X, M, Y, [](int64_t, int64_t) {});
-  }
-};
 
 struct Encoder::Layer {
   int64_t heads = 0, head_dim = 0, ffn = 0;
@@ -117,6 +71,7 @@ struct Encoder::Layer {
 };
 
 struct Encoder::Arena {
+  GemmScratch gemm;
   std::vector<int64_t> row, col, pos, offsets;  // per token: batch row, column, position id;
                                                 // per sequence: its first token
   std::vector<float> x, qkv, ctx, ffn, tmp, scores, pooled;
@@ -127,12 +82,14 @@ struct Encoder::Arena {
   }
 };
 
-Encoder::Encoder(const Arch& arch, const std::map<std::string, TensorView>& w, int num_threads)
-    : arch_(arch) {
+Encoder::Encoder(const Arch& arch, const std::map<std::string, TensorView>& w, int num_threads,
+                 Dtype dtype)
+    : arch_(arch), dtype_(dtype) {
   arch_.validate();
   if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
   kernels_ = &kernels();
   configure_mkl();
+  const int levels = int8_max();
   const int64_t H = arch.hidden;
   word_ = take(w, "embeddings.word_embeddings.weight", {arch.vocab_size, H});
   position_ = take(w, "embeddings.position_embeddings.weight", {arch.max_positions, H});
@@ -155,16 +112,22 @@ Encoder::Encoder(const Arch& arch, const std::map<std::string, TensorView>& w, i
         qkv.insert(qkv.end(), wt.begin(), wt.end());
         L.qkv_b.insert(L.qkv_b.end(), b.begin(), b.end());
       }
-      L.qkv = Linear(qkv, 3 * a, H, num_threads);
-      L.out = Linear(take(w, p + "attention.output.dense.weight", {H, a}), H, a, num_threads);
+      L.qkv = Linear(qkv, 3 * a, H, num_threads, dtype, levels);
+      L.out = Linear(take(w, p + "attention.output.dense.weight", {H, a}), H, a, num_threads, dtype,
+                     levels);
       L.out_b = take(w, p + "attention.output.dense.bias", {H});
       L.ln1_g = take(w, p + "attention.output.LayerNorm.weight", {H});
       L.ln1_b = take(w, p + "attention.output.LayerNorm.bias", {H});
     }
     if (spec.ffn > 0) {
-      L.in = Linear(take(w, p + "intermediate.dense.weight", {spec.ffn, H}), spec.ffn, H, num_threads);
+      L.in = Linear(take(w, p + "intermediate.dense.weight", {spec.ffn, H}), spec.ffn, H,
+                    num_threads, dtype, levels);
       L.in_b = take(w, p + "intermediate.dense.bias", {spec.ffn});
-      L.ffn_out = Linear(take(w, p + "output.dense.weight", {H, spec.ffn}), H, spec.ffn, num_threads);
+      // The FFN's down projection reads GELU outputs (mostly near 0, a few large): 8 bits per
+      // token lose them (per-token cosine on all-MiniLM-L6-v2: 0.990 from this GEMM alone vs
+      // ≥ 0.998 for each other), so int8 models run it in bf16.
+      L.ffn_out = Linear(take(w, p + "output.dense.weight", {H, spec.ffn}), H, spec.ffn,
+                         num_threads, dtype == Dtype::I8 ? Dtype::BF16 : dtype, levels);
       L.ffn_out_b = take(w, p + "output.dense.bias", {H});
       L.ln2_g = take(w, p + "output.LayerNorm.weight", {H});
       L.ln2_b = take(w, p + "output.LayerNorm.bias", {H});
@@ -296,7 +259,7 @@ Output Encoder::forward(const Batch& in, bool timed) const {
     if (L.heads > 0) {
       const int64_t a = L.heads * L.head_dim, d = L.head_dim, w3 = 3 * a;
       // qkv (T, 3a) = x · Wqkvᵀ + b
-      L.qkv(pool, x, T, qkv, [&](int64_t n0, int64_t n1) {
+      L.qkv(pool, x, T, qkv, ar.gemm, [&](int64_t n0, int64_t n1) {
         for (int64_t t = 0; t < T; ++t)
           K.bias_act(qkv + t * w3 + n0, L.qkv_b.data() + n0, n1 - n0, Act::None);
       });
@@ -314,7 +277,7 @@ Output Encoder::forward(const Batch& in, bool timed) const {
                     0.0f, ctx + s0 * a + h * d, a);
       });
       // x = LayerNorm(ctx · Woᵀ + b + x)
-      L.out(pool, ctx, T, tmp);
+      L.out(pool, ctx, T, tmp, ar.gemm);
       pool.run(chunks, [&](int64_t c, int) {
         for (int64_t t = c * chunk; t < std::min(T, (c + 1) * chunk); ++t)
           K.add_layernorm(x + t * H, tmp + t * H, L.out_b.data(), x + t * H, L.ln1_g.data(),
@@ -324,11 +287,11 @@ Output Encoder::forward(const Batch& in, bool timed) const {
     lap();
     if (L.ffn > 0) {
       const Act act = activation(A.activation);
-      L.in(pool, x, T, ffn, [&](int64_t n0, int64_t n1) {
+      L.in(pool, x, T, ffn, ar.gemm, [&](int64_t n0, int64_t n1) {
         for (int64_t t = 0; t < T; ++t)
           K.bias_act(ffn + t * L.ffn + n0, L.in_b.data() + n0, n1 - n0, act);
       });
-      L.ffn_out(pool, ffn, T, tmp);
+      L.ffn_out(pool, ffn, T, tmp, ar.gemm);
       pool.run(chunks, [&](int64_t c, int) {
         for (int64_t t = c * chunk; t < std::min(T, (c + 1) * chunk); ++t)
           K.add_layernorm(x + t * H, tmp + t * H, L.ffn_out_b.data(), x + t * H, L.ln2_g.data(),

@@ -19,6 +19,7 @@
 
 #include "arch.hpp"
 #include "encoder/kernels.hpp"
+#include "encoder/linear.hpp"
 #include "encoder/thread_pool.hpp"
 
 namespace bort::encoder {
@@ -48,7 +49,9 @@ class Encoder {
  public:
   // Copies the weights (bort / Hugging Face BertModel names); throws std::invalid_argument
   // naming a missing or mis-shaped tensor.
-  Encoder(const Arch& arch, const std::map<std::string, TensorView>& weights, int num_threads);
+  // dtype: the precision of the linear layers' GEMMs (see linear.hpp); the rest runs in fp32.
+  Encoder(const Arch& arch, const std::map<std::string, TensorView>& weights, int num_threads,
+          Dtype dtype = Dtype::F32);
   ~Encoder();
 
   // Throws std::invalid_argument on out-of-range ids, types or masks, empty rows or batches,
@@ -57,15 +60,16 @@ class Encoder {
 
   const Arch& arch() const { return arch_; }
   int num_threads() const { return pool_->size(); }
+  Dtype dtype() const { return dtype_; }
 
  private:
-  struct Linear;
   struct Layer;
   struct Arena;
   std::unique_ptr<Arena> acquire() const;
   void release(std::unique_ptr<Arena> arena) const;
 
   Arch arch_;
+  Dtype dtype_;
   std::vector<float> word_, position_, token_type_, emb_gamma_, emb_beta_;
   std::vector<Layer> layers_;
   std::vector<float> pooler_w_, pooler_b_, classifier_w_, classifier_b_;

@@ -23,6 +23,14 @@ struct Kernels {
                         const float* gamma, const float* beta, int64_t h, float eps);
   // x (n,) <- softmax(scale · x)
   void (*softmax)(float* x, int64_t n, float scale);
+  // y (n,) <- bf16(x), round to nearest even
+  void (*to_bf16)(const float* x, uint16_t* y, int64_t n);
+  // q (n,) <- round(x / scale) + zero in [0, levels]; the row's scale and zero point are written
+  void (*quantize_u8)(const float* x, uint8_t* q, int64_t n, int levels, float* scale,
+                      int32_t* zero);
+  // y (n,) <- sx · sw · (c − zero · colsum)
+  void (*dequantize)(const int32_t* c, float* y, int64_t n, float sx, int32_t zero,
+                     const float* sw, const int32_t* colsum);
 };
 
 namespace avx2 { extern const Kernels kernels; }

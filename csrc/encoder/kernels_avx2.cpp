@@ -11,5 +11,6 @@
 
 namespace bort::encoder::avx2 {
 #include "encoder/kernels_impl.hpp"
-const Kernels kernels{"avx2", bias_act, add_layernorm, softmax};
+const Kernels kernels{"avx2", bias_act, add_layernorm, softmax, to_bf16,
+                        quantize_u8, dequantize};
 }  // namespace bort::encoder::avx2

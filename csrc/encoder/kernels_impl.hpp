@@ -114,4 +114,42 @@ void softmax(float* x, int64_t n, float scale) {
   each(x, n, [inv](Vec v) { return v * Vec::set1(inv); });
 }
 
+void to_bf16(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    y[i] = static_cast<uint16_t>(u >> 16);
+  }
+}
+
+void quantize_u8(const float* x, uint8_t* q, int64_t n, int levels, float* scale, int32_t* zero) {
+  Vec vlo = Vec::set1(0.0f), vhi = Vec::set1(0.0f);  // the range always holds 0
+  int64_t i = 0;
+  for (; i + Vec::width <= n; i += Vec::width) {
+    const Vec v = Vec::load(x + i);
+    vlo = min(vlo, v);
+    vhi = max(vhi, v);
+  }
+  float lo = -reduce_max(Vec::set1(0.0f) - vlo), hi = reduce_max(vhi);
+  for (; i < n; ++i) {
+    lo = std::min(lo, x[i]);
+    hi = std::max(hi, x[i]);
+  }
+  const float s = hi > lo ? (hi - lo) / static_cast<float>(levels) : 1.0f;
+  const int32_t z = std::clamp(static_cast<int32_t>(std::nearbyint(-lo / s)), 0, levels);
+  const float inv = 1.0f / s, top = static_cast<float>(levels);
+  const float zf = static_cast<float>(z) + 0.5f;  // + 0.5 then truncate: round half up, x ≥ 0
+  for (int64_t j = 0; j < n; ++j)
+    q[j] = static_cast<uint8_t>(static_cast<int32_t>(std::min(std::max(x[j] * inv + zf, 0.0f), top + 0.49f)));
+  *scale = s;
+  *zero = z;
+}
+
+void dequantize(const int32_t* c, float* y, int64_t n, float sx, int32_t zero, const float* sw,
+                const int32_t* colsum) {
+  for (int64_t j = 0; j < n; ++j)
+    y[j] = sx * sw[j] * static_cast<float>(c[j] - zero * colsum[j]);
+}
+
 }  // namespace

@@ -28,7 +28,7 @@ from .weights import safetensors_files, to_bort_names
 
 __all__ = ["DTYPES", "Classifier", "Encoder", "Prediction"]
 
-DTYPES = ("fp32",)
+DTYPES = ("fp32", "bf16", "int8")
 
 
 def _default_threads() -> int:
@@ -64,7 +64,10 @@ class Encoder:
 
     Args of `from_pretrained`:
         directory: the model directory.
-        dtype: "fp32" (bf16 and int8 are not implemented yet).
+        dtype: precision of the linear layers: "fp32"; "bf16" (fp32 accumulation; AMX or
+            AVX512-BF16 where the CPU has them); "int8" (dynamic quantisation: weights per output
+            channel, activations per token; the FFN's down projection, whose GELU inputs 8 bits
+            resolve badly, runs in bf16). Attention, LayerNorm and GELU run in fp32.
         num_threads: threads of this encoder's own pool (default: the CPUs this process may
             use); torch's and numpy's settings are left alone.
     """
@@ -82,7 +85,7 @@ class Encoder:
 
             arch = replace(arch, pooler=False)
         try:
-            self._core = _core.Encoder(arch._to_core(), state, threads)
+            self._core = _core.Encoder(arch._to_core(), state, threads, dtype)
         except ValueError as e:
             raise WeightsError(f"{directory or 'weights'}: {e}") from None
         self.arch, self.dtype, self.num_threads = arch, dtype, threads
