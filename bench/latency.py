@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from bort import Arch
-from bort.bench import RUNTIMES, make_inputs, measure, prepare
+from bort.bench import RUNTIMES, markdown, plot, run_matrix
 
 ROBERTA = dict(vocab_size=50265, max_positions=514, type_vocab_size=1, position_style="roberta",
                pad_token_id=1, layer_norm_eps=1e-5)
@@ -83,25 +83,11 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    rows, notes = [], []
-    for name in args.models:
-        directory = model_dir(name, args.workdir)
-        onnx = onnx_file(name, directory, args.workdir)
-        arch = Arch.from_pretrained(directory)
-        for threads in args.threads:
-            runners = prepare(directory, onnx, tuple(args.runtimes), threads, args.workdir, notes)
-            for shape in args.shapes:
-                lengths = SHAPES[shape]
-                inputs = make_inputs(lengths, min(arch.vocab_size, 30000))
-                rounds = args.rounds if arch.flops(1, 128) * len(lengths) < 2e11 else 5
-                ms = measure(runners, inputs, rounds=rounds)
-                real_flops = sum(arch.flops(1, n) for n in lengths)
-                for runtime, t in ms.items():
-                    rows.append({"model": name, "shape": shape, "threads": threads,
-                                 "runtime": runtime, "ms": t,
-                                 "gflops_per_s": real_flops / t / 1e6})
-                line = "  ".join(f"{r} {t:.2f}" for r, t in ms.items())
-                print(f"{name:13s} {shape:8s} {threads}T  {line}", flush=True)
+    dirs = {name: model_dir(name, args.workdir) for name in args.models}
+    onnx = {name: onnx_file(name, d, args.workdir) for name, d in dirs.items()}
+    shapes = {name: SHAPES[name] for name in args.shapes}
+    rows, notes = run_matrix(dirs, onnx, shapes, args.threads, tuple(args.runtimes),
+                             args.rounds, args.workdir)
     report = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
               "notes": sorted(set(notes)), "rows": rows}
     (args.out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -117,51 +103,6 @@ def _cpu() -> str:
     from bort.costs import _cpu_model
 
     return _cpu_model()
-
-
-def markdown(rows: list[dict]) -> str:
-    """One table per model: a row per (shape, threads), ms per runtime, then bort-fp32's speed-up
-    over each fp32 runtime (> 1: bort is faster)."""
-    out = []
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        runtimes = list(dict.fromkeys(r["runtime"] for r in mine))
-        others = [r for r in runtimes if r != "bort-fp32"]
-        out += [f"### {model} (ms; last columns: bort-fp32 speed-up)", "",
-                "| shape | threads | " + " | ".join(runtimes) + " | "
-                + " | ".join(f"vs {r}" for r in others) + " |",
-                "|---|---|" + "---|" * (len(runtimes) + len(others))]
-        for key in dict.fromkeys((r["shape"], r["threads"]) for r in mine):
-            ms = {r["runtime"]: r["ms"] for r in mine if (r["shape"], r["threads"]) == key}
-            mine_ms = ms.get("bort-fp32")
-            ratios = [f"{ms[r] / mine_ms:.2f}×" if mine_ms and r in ms else "" for r in others]
-            out.append(f"| {key[0]} | {key[1]} | " + " | ".join(
-                f"{ms[r]:.2f}" if r in ms else "" for r in runtimes) + " | " + " | ".join(ratios) + " |")
-        out.append("")
-    return "\n".join(out) + "\n"
-
-
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    groups = list(dict.fromkeys((r["model"], r["shape"], r["threads"]) for r in rows))
-    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups)), 4.5))
-    width = 0.8 / len(runtimes)
-    for i, runtime in enumerate(runtimes):
-        ms = [next((r["ms"] for r in rows if (r["model"], r["shape"], r["threads"]) == g
-                    and r["runtime"] == runtime), np.nan) for g in groups]
-        ax.bar(np.arange(len(groups)) + i * width, ms, width, label=runtime)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{m}\n{s} {t}T" for m, s, t in groups], fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms (median, log scale)")
-    ax.legend(fontsize=7, ncol=4)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -135,7 +135,7 @@ Encoder::Encoder(const Arch& arch, const std::map<std::string, TensorView>& w, i
     layers_.push_back(std::move(L));
   }
   if (arch.pooler) {
-    pooler_w_ = take(w, "pooler.dense.weight", {H, H});
+    pooler_ = Linear(take(w, "pooler.dense.weight", {H, H}), H, H, num_threads, dtype, levels);
     pooler_b_ = take(w, "pooler.dense.bias", {H});
   }
   if (arch.num_labels > 0) {
@@ -311,8 +311,7 @@ Output Encoder::forward(const Batch& in, bool timed) const {
     float* first = Arena::grow(ar.pooled, B * H);
     for (int64_t b = 0; b < B; ++b)
       std::memcpy(first + b * H, x + ar.offsets[b] * H, H * sizeof(float));
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, H, 1.0f, first, H,
-                pooler_w_.data(), H, 0.0f, out.pooler_output.data(), H);
+    pooler_(pool, first, B, out.pooler_output.data(), ar.gemm);
     for (int64_t i = 0; i < B * H; ++i)
       out.pooler_output[i] = std::tanh(out.pooler_output[i] + pooler_b_[i % H]);
     if (A.num_labels > 0) {

@@ -72,7 +72,8 @@ class Encoder {
   Dtype dtype_;
   std::vector<float> word_, position_, token_type_, emb_gamma_, emb_beta_;
   std::vector<Layer> layers_;
-  std::vector<float> pooler_w_, pooler_b_, classifier_w_, classifier_b_;
+  Linear pooler_;
+  std::vector<float> pooler_b_, classifier_w_, classifier_b_;
   std::unique_ptr<ThreadPool> pool_;
   const Kernels* kernels_;
   mutable std::mutex arenas_mutex_;

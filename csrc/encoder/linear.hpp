@@ -112,16 +112,22 @@ class Linear {
   void operator()(ThreadPool& pool, const float* X, int64_t M, float* Y, GemmScratch& s,
                   Epilogue epilogue) const {
     const Kernels& k = kernels();
+    const int64_t rows = std::max<int64_t>(1, 16384 / K_);  // per task: enough to beat dispatch
+    const int64_t tasks = (M + rows - 1) / rows;
     if (dtype_ == Dtype::BF16) {
       grow(s.x_bf16, M * K_);
-      pool.run(M, [&](int64_t m, int) { k.to_bf16(X + m * K_, s.x_bf16.data() + m * K_, K_); });
+      pool.run(tasks, [&](int64_t t, int) {
+        for (int64_t m = t * rows; m < std::min(M, (t + 1) * rows); ++m)
+          k.to_bf16(X + m * K_, s.x_bf16.data() + m * K_, K_);
+      });
     } else if (dtype_ == Dtype::I8) {
       grow(s.x_u8, M * K_);
       grow(s.x_scale, M);
       grow(s.x_zero, M);
       grow(s.c32, M * N_);
-      pool.run(M, [&](int64_t m, int) {
-        k.quantize_u8(X + m * K_, s.x_u8.data() + m * K_, K_, 255, &s.x_scale[m], &s.x_zero[m]);
+      pool.run(tasks, [&](int64_t t, int) {
+        for (int64_t m = t * rows; m < std::min(M, (t + 1) * rows); ++m)
+          k.quantize_u8(X + m * K_, s.x_u8.data() + m * K_, K_, 255, &s.x_scale[m], &s.x_zero[m]);
       });
     }
     pool.run(static_cast<int64_t>(slices_.size()), [&](int64_t p, int) {

@@ -138,6 +138,32 @@ def prepare(model_dir: Path, onnx_path: Path, runtimes: tuple[str, ...], threads
     return runners
 
 
+def run_matrix(dirs: dict[str, Path], onnx: dict[str, Path], shapes: dict[str, list[int]],
+               threads: list[int], runtimes: tuple[str, ...], rounds: int,
+               workdir: Path) -> tuple[list[dict], list[str]]:
+    """Time every (model, threads, shape) under every runtime; prints a line per measurement.
+    Returns rows {model, shape, threads, runtime, ms, gflops_per_s} and notes on skipped runtimes."""
+    from .arch import Arch
+
+    rows: list[dict] = []
+    notes: list[str] = []
+    for name, directory in dirs.items():
+        arch = Arch.from_pretrained(directory)
+        for n_threads in threads:
+            runners = prepare(directory, onnx[name], runtimes, n_threads, workdir, notes)
+            for shape, lengths in shapes.items():
+                inputs = make_inputs(lengths, min(arch.vocab_size, 30000))
+                heavy = arch.flops(1, 128) * len(lengths) >= 2e11
+                ms = measure(runners, inputs, rounds=5 if heavy else rounds)
+                real_flops = sum(arch.flops(1, n) for n in lengths)
+                for runtime, t in ms.items():
+                    rows.append({"model": name, "shape": shape, "threads": n_threads,
+                                 "runtime": runtime, "ms": t, "gflops_per_s": real_flops / t / 1e6})
+                line = "  ".join(f"{r} {t:.2f}" for r, t in ms.items())
+                print(f"{name:13s} {shape:8s} {n_threads}T  {line}", flush=True)
+    return rows, sorted(set(notes))
+
+
 def measure(runners: dict[str, Callable[[Inputs], object]], inputs: Inputs, *, rounds: int = 10,
             warmup: int = 2, budget_s: float = 60.0) -> dict[str, float]:
     """Median milliseconds per runtime, rounds interleaved; stops early past ``budget_s``."""
@@ -154,3 +180,56 @@ def measure(runners: dict[str, Callable[[Inputs], object]], inputs: Inputs, *, r
         if i >= 2 and time.perf_counter() - start > budget_s:
             break
     return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+#: bort's speed-up columns: (bort runtime, the runtimes it is compared with, best of them)
+COMPARISONS = (("bort-fp32", ("ort-fp32", "ort-opt-fp32")), ("bort-fp32", ("ov-fp32",)),
+               ("bort-fp32", ("torch-fp32",)), ("bort-bf16", ("ov-bf16",)),
+               ("bort-bf16", ("torch-bf16",)), ("bort-int8", ("ort-int8",)))
+
+
+def markdown(rows: list[dict]) -> str:
+    """Per model: milliseconds per runtime, then bort's speed-up over each competitor of the
+    same precision (> 1: bort is faster; "ort fp32" is the better of plain and optimised)."""
+    out = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        runtimes = list(dict.fromkeys(r["runtime"] for r in mine))
+        pairs = [(b, others) for b, others in COMPARISONS
+                 if b in runtimes and any(o in runtimes for o in others)]
+        heads = [f"{b.split('-')[1]} vs {'/'.join(others)}" for b, others in pairs]
+        out += [f"### {model} — median ms, and bort's speed-up", "",
+                "| shape | threads | " + " | ".join(runtimes + heads) + " |",
+                "|---|---|" + "---|" * (len(runtimes) + len(heads))]
+        for key in dict.fromkeys((r["shape"], r["threads"]) for r in mine):
+            ms = {r["runtime"]: r["ms"] for r in mine if (r["shape"], r["threads"]) == key}
+            cells = [f"{ms[r]:.2f}" if r in ms else "" for r in runtimes]
+            for b, others in pairs:
+                best = min((ms[o] for o in others if o in ms), default=None)
+                cells.append(f"**{best / ms[b]:.2f}×**" if best and b in ms else "")
+            out.append(f"| {key[0]} | {key[1]} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = list(dict.fromkeys((r["model"], r["shape"], r["threads"]) for r in rows))
+    runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups)), 4.5))
+    width = 0.8 / len(runtimes)
+    for i, runtime in enumerate(runtimes):
+        ms = [next((r["ms"] for r in rows if (r["model"], r["shape"], r["threads"]) == g
+                    and r["runtime"] == runtime), np.nan) for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, ms, width, label=runtime)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+    ax.set_xticklabels([f"{m}\n{s} {t}T" for m, s, t in groups], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("ms (median, log scale)")
+    ax.legend(fontsize=7, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -56,6 +56,39 @@ def _print_info(report: dict[str, Any]) -> None:
           f"{f['flops'] / 1e9:.2f} GFLOP)")
 
 
+def _runtimes() -> tuple[str, ...]:
+    from .bench import RUNTIMES
+
+    return RUNTIMES
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .bench import markdown, run_matrix
+    from .export import export_onnx
+    from .model import BortModel
+
+    source = _source(args.model)
+    runtimes = tuple(args.runtimes or _runtimes())
+    unknown = set(runtimes) - set(_runtimes())
+    if unknown:
+        raise ValueError(f"unknown runtimes {sorted(unknown)}; choose from {_runtimes()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = Path(tmp) / "model.onnx"
+        export_onnx(BortModel.from_pretrained(source).eval(), onnx)
+        shapes = {f"{args.batch}x{n}": [n] * args.batch for n in args.lengths}
+        name = source.parent.name if source.name == "model" else source.name
+        rows, notes = run_matrix({name: source}, {name: onnx}, shapes,
+                                 args.threads, runtimes, args.rounds, Path(tmp))
+    print(markdown(rows))
+    for note in notes:
+        print("note:", note)
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "notes": notes}, indent=2) + "\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bort", description="Optimal sub-architecture extraction for BERT-family encoders.")
@@ -74,6 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("--out", required=True, help="the .onnx file to write")
     p_export.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
 
+    p_bench = commands.add_parser("bench", help="latency of a model: bort vs torch, ONNX Runtime, "
+                                  "OpenVINO (whichever are installed)")
+    p_bench.add_argument("model", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
+    p_bench.add_argument("--lengths", type=int, nargs="+", default=[16, 128],
+                         help="sequence lengths, batch 1 each")
+    p_bench.add_argument("--batch", type=int, default=1)
+    p_bench.add_argument("--threads", type=int, nargs="+", default=[1])
+    p_bench.add_argument("--runtimes", nargs="+", default=None,
+                         help="subset of: " + " ".join(_runtimes()))
+    p_bench.add_argument("--rounds", type=int, default=10)
+    p_bench.add_argument("--json", type=Path, help="also write the rows as JSON here")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -88,6 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             path = export_onnx(BortModel.from_pretrained(args.model), args.out, opset=args.opset)
             print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        elif args.command == "bench":
+            return _bench(args)
     except (BortError, OSError, ValueError) as e:
         print(f"bort {args.command}: error: {e}", file=sys.stderr)
         return 1
