@@ -75,6 +75,7 @@ struct Encoder::Arena {
   std::vector<int64_t> row, col, pos, offsets;  // per token: batch row, column, position id;
                                                 // per sequence: its first token
   std::vector<float> x, qkv, ctx, ffn, tmp, scores, pooled;
+  std::vector<uint16_t> qkv_bf16, probs_bf16;  // bf16 / int8 models: attention operands
   template <class T>
   static T* grow(std::vector<T>& v, size_t n) {
     if (v.size() < n) v.resize(n);
@@ -263,18 +264,40 @@ Output Encoder::forward(const Batch& in, bool timed) const {
         for (int64_t t = 0; t < T; ++t)
           K.bias_act(qkv + t * w3 + n0, L.qkv_b.data() + n0, n1 - n0, Act::None);
       });
-      // per (sequence, head): ctx = softmax(Q Kᵀ / √d) V, the L × L scores in this thread's scratch
+      // per (sequence, head): ctx = softmax(Q Kᵀ / √d) V, the L × L scores in this thread's
+      // scratch. bf16 / int8 models multiply in bf16 (fp32 accumulation and softmax): at long
+      // sequences these products rival the projections, and fp32 would dominate.
       const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+      const bool low = dtype_ != Dtype::F32;
+      uint16_t* qkv16 = low ? Arena::grow(ar.qkv_bf16, T * w3) : nullptr;
+      uint16_t* probs16 = low ? Arena::grow(ar.probs_bf16, pool.size() * max_len * max_len) : nullptr;
+      if (low)
+        pool.run(chunks, [&](int64_t c, int) {
+          const int64_t t0 = c * chunk, t1 = std::min(T, (c + 1) * chunk);
+          K.to_bf16(qkv + t0 * w3, qkv16 + t0 * w3, (t1 - t0) * w3);
+        });
       pool.run(B * L.heads, [&](int64_t job, int slot) {
         const int64_t b = job / L.heads, h = job % L.heads;
         const int64_t s0 = ar.offsets[b], n = ar.offsets[b + 1] - s0;
-        const float* q = qkv + s0 * w3 + h * d;
         float* sc = scores + slot * max_len * max_len;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, q, w3, q + a, w3, 0.0f,
-                    sc, n);
-        for (int64_t i = 0; i < n; ++i) K.softmax(sc + i * n, n, scale);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, sc, n, q + 2 * a, w3,
-                    0.0f, ctx + s0 * a + h * d, a);
+        float* c = ctx + s0 * a + h * d;
+        if (low) {
+          const uint16_t* q = qkv16 + s0 * w3 + h * d;
+          uint16_t* p = probs16 + slot * max_len * max_len;
+          cblas_gemm_bf16bf16f32(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, q, w3,
+                                 q + a, w3, 0.0f, sc, n);
+          for (int64_t i = 0; i < n; ++i) K.softmax(sc + i * n, n, scale);
+          K.to_bf16(sc, p, n * n);
+          cblas_gemm_bf16bf16f32(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, p, n,
+                                 q + 2 * a, w3, 0.0f, c, a);
+        } else {
+          const float* q = qkv + s0 * w3 + h * d;
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, q, w3, q + a, w3,
+                      0.0f, sc, n);
+          for (int64_t i = 0; i < n; ++i) K.softmax(sc + i * n, n, scale);
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, sc, n, q + 2 * a,
+                      w3, 0.0f, c, a);
+        }
       });
       // x = LayerNorm(ctx · Woᵀ + b + x)
       L.out(pool, ctx, T, tmp, ar.gemm);

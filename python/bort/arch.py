@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .errors import ConfigError
+from .weights import safetensors_names
 
 __all__ = ["Arch", "Layer", "ParamCount"]
 
@@ -430,24 +431,3 @@ def read_config(directory: Path) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: expected a JSON object")
     return config
-
-
-def safetensors_names(directory: Path) -> list[str] | None:
-    """Tensor names of the directory's safetensors weights (single file or sharded index),
-    read from the headers only; None when the directory has no safetensors weights."""
-    single = directory / "model.safetensors"
-    index = directory / "model.safetensors.index.json"
-    if single.is_file():
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(single), framework="numpy") as f:
-                return list(f.keys())
-        except Exception as e:  # safetensors raises its own error types for corrupt headers
-            raise ConfigError(f"{single}: unreadable safetensors file ({e})") from None
-    if index.is_file():
-        try:
-            return list(json.loads(index.read_text())["weight_map"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ConfigError(f"{index}: bad safetensors index ({e})") from None
-    return None

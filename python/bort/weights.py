@@ -12,7 +12,7 @@ from typing import Mapping, TypeVar
 
 from .errors import WeightsError
 
-__all__ = ["IGNORED_PREFIXES", "safetensors_files", "to_bort_names"]
+__all__ = ["IGNORED_PREFIXES", "safetensors_files", "safetensors_names", "to_bort_names"]
 
 T = TypeVar("T")
 
@@ -56,3 +56,21 @@ def safetensors_files(directory: Path) -> list[Path] | None:
         if not path.is_file():
             raise FileNotFoundError(f"weights shard missing: {path}")
     return files
+
+
+def safetensors_names(directory: Path) -> list[str] | None:
+    """Tensor names of the directory's safetensors weights, read from the file headers only;
+    None when the directory has none."""
+    from safetensors import safe_open
+
+    files = safetensors_files(directory)
+    if files is None:
+        return None
+    names: list[str] = []
+    for path in files:
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                names += f.keys()
+        except Exception as e:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
+    return names
