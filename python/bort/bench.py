@@ -12,6 +12,7 @@ them alike; the result is the median over rounds, in milliseconds.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from dataclasses import dataclass
@@ -142,7 +143,8 @@ def run_matrix(dirs: dict[str, Path], onnx: dict[str, Path], shapes: dict[str, l
                threads: list[int], runtimes: tuple[str, ...], rounds: int,
                workdir: Path) -> tuple[list[dict], list[str]]:
     """Time every (model, threads, shape) under every runtime; prints a line per measurement.
-    Returns rows {model, shape, threads, runtime, ms, gflops_per_s} and notes on skipped runtimes."""
+    Returns rows {model, shape, threads, runtime, ms, gflops_per_s} and notes on skipped
+    runtimes."""
     from .arch import Arch
 
     rows: list[dict] = []
@@ -150,6 +152,8 @@ def run_matrix(dirs: dict[str, Path], onnx: dict[str, Path], shapes: dict[str, l
     for name, directory in dirs.items():
         arch = Arch.from_pretrained(directory)
         for n_threads in threads:
+            runners = None  # free the last sessions first: two sets of BERT-large do not fit
+            gc.collect()
             runners = prepare(directory, onnx[name], runtimes, n_threads, workdir, notes)
             for shape, lengths in shapes.items():
                 inputs = make_inputs(lengths, min(arch.vocab_size, 30000))

@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"bort {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p_info = commands.add_parser("info", help="architecture, parameters by part and FLOPs of a model")
+    p_info = commands.add_parser(
+        "info", help="architecture, parameters by part and FLOPs of a model")
     p_info.add_argument("source", nargs="?", help="model directory (default: the installed "
                         "all-MiniLM-L6-v2)")
     p_info.add_argument("--batch", type=int, default=1, help="batch size for the FLOP count")

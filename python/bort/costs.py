@@ -142,7 +142,8 @@ def measure_latency(source: Arch, hiddens: Sequence[int], heads: Sequence[int],
     backend = f"torch-{torch.__version__}"
     cpu = _cpu_model()
     table = LatencyTable(batch, seq_len, threads, backend, cpu)
-    key = hashlib.sha1(json.dumps([cpu, threads, backend, batch, seq_len]).encode()).hexdigest()[:16]
+    key = json.dumps([cpu, threads, backend, batch, seq_len])
+    key = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = cache_dir() / "latency" / f"{key}.json"
     if cache and path.is_file():
         try:
@@ -330,7 +331,8 @@ def importance(model: Any, texts: Sequence[str], tokenizer: Any = None, *, max_l
 
     for spec, block, hg, ng in zip(arch.layers, model.encoder.layer, heads, neurons):
         if block.attention is not None:
-            hooks.append(block.attention.output.dense.register_forward_pre_hook(head_gate(hg, spec)))
+            dense = block.attention.output.dense
+            hooks.append(dense.register_forward_pre_hook(head_gate(hg, spec)))
             hooks.append(block.attention.output.LayerNorm.register_forward_hook(mul_output(channels)))
         if block.intermediate is not None:
             hooks.append(block.intermediate.register_forward_hook(mul_output(ng)))

@@ -336,7 +336,8 @@ class BortModel(nn.Module):
         self.load_state_dict(dict(state), strict=True)
 
     # ------------------------------------------------------------------ saving
-    def save_pretrained(self, directory: str | Path, *, card: Mapping[str, Any] | None = None) -> Path:
+    def save_pretrained(self, directory: str | Path, *,
+                        card: Mapping[str, Any] | None = None) -> Path:
         """Write ``model.safetensors``, ``config.json``, the source's tokenizer files and a
         model card (README.md) into ``directory``. Each file is written atomically.
 

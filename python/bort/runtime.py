@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -44,7 +44,8 @@ def _load_numpy(directory: Path) -> dict[str, np.ndarray]:
     files = safetensors_files(directory)
     if files is None:
         if (directory / "pytorch_model.bin").is_file():
-            raise WeightsError(f"{directory} holds only pytorch_model.bin, which needs torch to read;"
+            raise WeightsError(f"{directory} holds only pytorch_model.bin, which needs torch to "
+                               "read;"
                                " save it as safetensors first (bort.model.BortModel.from_pretrained"
                                "(dir).save_pretrained(out))")
         raise FileNotFoundError(f"no weights in {directory} (model.safetensors or "
@@ -72,7 +73,8 @@ class Encoder:
             use); torch's and numpy's settings are left alone.
     """
 
-    def __init__(self, arch: Arch, weights: dict[str, np.ndarray], *, num_threads: int | None = None,
+    def __init__(self, arch: Arch, weights: dict[str, np.ndarray], *,
+                 num_threads: int | None = None,
                  dtype: str = "fp32", tokenizer=None, directory: Path | None = None):
         if dtype not in DTYPES:
             raise BortError(f"dtype {dtype!r} is not available; bort.runtime implements {DTYPES}")
@@ -81,9 +83,7 @@ class Encoder:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         state = to_bort_names(weights)
         if arch.pooler and not arch.num_labels and "pooler.dense.weight" not in state:
-            from dataclasses import replace
-
-            arch = replace(arch, pooler=False)
+            arch = replace(arch, pooler=False)  # e.g. sentence-embedding exports
         try:
             self._core = _core.Encoder(arch._to_core(), state, threads, dtype)
         except ValueError as e:
@@ -128,7 +128,8 @@ class Encoder:
     def sublayer_ms(self, input_ids, attention_mask=None, token_type_ids=None) -> list[float]:
         """Milliseconds of each stage of one forward pass: embeddings, then attention and FFN of
         every layer, then pooler/head. Feeds the search's latency table."""
-        return self._core.forward(input_ids, attention_mask, token_type_ids, timed=True)["sublayer_ms"]
+        out = self._core.forward(input_ids, attention_mask, token_type_ids, timed=True)
+        return out["sublayer_ms"]
 
     def _batches(self, texts: Sequence[str], pairs: Sequence[str] | None, batch_size: int):
         if isinstance(texts, str):
