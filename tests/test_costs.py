@@ -94,11 +94,13 @@ def test_minilm_frontier(minilm, minilm_importance) -> None:
     assert len(front) > 20
 
 
-def test_latency_table_is_measured_once_and_cached(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("backend", ["bort", "torch"])
+def test_latency_table_is_measured_once_and_cached(tmp_path, monkeypatch, backend) -> None:
     monkeypatch.setenv("BORT_CACHE_DIR", str(tmp_path))
     src = Arch.uniform(2, 2, 32, 64, vocab_size=100, max_positions=32)
     table = measure_latency(src, hiddens=(16, 32), heads=(0, 1, 2), ffns=(0, 32, 64),
-                            batch=1, seq_len=16)
+                            batch=1, seq_len=16, backend=backend)
+    assert table.backend.startswith(backend)
     assert set(table.attention) == {(h, k, 16) for h in (16, 32) for k in (1, 2)}
     assert set(table.ffn) == {(h, f) for h in (16, 32) for f in (32, 64)}
     assert all(v > 0 for v in [*table.attention.values(), *table.ffn.values(),
@@ -109,7 +111,9 @@ def test_latency_table_is_measured_once_and_cached(tmp_path, monkeypatch) -> Non
         raise AssertionError("re-measured an entry that is in the cache")
 
     monkeypatch.setattr("bort.costs._time_ms", no_timing)
-    again = measure_latency(src, hiddens=(32,), heads=(1, 2), ffns=(64,), batch=1, seq_len=16)
+    monkeypatch.setattr("bort.runtime.Encoder.sublayer_ms", no_timing)
+    again = measure_latency(src, hiddens=(32,), heads=(1, 2), ffns=(64,), batch=1, seq_len=16,
+                            backend=backend)
     assert again.attention == table.attention and cached.is_file()
 
     arch = Arch(hidden=32, layers=[(2, 16, 32), (0, 0, 64)], vocab_size=100, max_positions=32)

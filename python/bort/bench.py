@@ -217,23 +217,30 @@ def markdown(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
+    """One panel per model: median ms per runtime for each (shape, threads), log scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = list(dict.fromkeys((r["model"], r["shape"], r["threads"]) for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
     runtimes = list(dict.fromkeys(r["runtime"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups)), 4.5))
+    colors = {r: plt.cm.tab20(i / max(1, len(runtimes) - 1)) for i, r in enumerate(runtimes)}
+    fig, axes = plt.subplots(len(models), 1, figsize=(14, 3.2 * len(models)), squeeze=False)
     width = 0.8 / len(runtimes)
-    for i, runtime in enumerate(runtimes):
-        ms = [next((r["ms"] for r in rows if (r["model"], r["shape"], r["threads"]) == g
-                    and r["runtime"] == runtime), np.nan) for g in groups]
-        ax.bar(np.arange(len(groups)) + i * width, ms, width, label=runtime)
-    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
-    ax.set_xticklabels([f"{m}\n{s} {t}T" for m, s, t in groups], fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms (median, log scale)")
-    ax.legend(fontsize=7, ncol=4)
+    for ax, model in zip(axes[:, 0], models):
+        groups = list(dict.fromkeys((r["shape"], r["threads"]) for r in rows if r["model"] == model))
+        for i, runtime in enumerate(runtimes):
+            ms = [next((r["ms"] for r in rows if r["model"] == model and r["runtime"] == runtime
+                        and (r["shape"], r["threads"]) == g), np.nan) for g in groups]
+            bort = runtime.startswith("bort")
+            ax.bar(np.arange(len(groups)) + i * width, ms, width, label=runtime,
+                   color=colors[runtime], edgecolor="black" if bort else "none", linewidth=0.6)
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2)
+        ax.set_xticklabels([f"{s}, {t}T" for s, t in groups], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel("ms (median)")
+        ax.set_title(model, fontsize=10)
+    axes[0, 0].legend(fontsize=7, ncol=len(runtimes), loc="lower left", bbox_to_anchor=(0, 1.12))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)

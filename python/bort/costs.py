@@ -2,8 +2,8 @@
 
 - p: parameters, the total of `Arch.params()`, or the encoder alone ("effective" size).
 - i: inference cost, either the FLOP count of `Arch.flops` at a stated batch × length, or a
-  latency in milliseconds summed from a per-sublayer table measured on this CPU
-  (`LatencyTable`, cached on disk by CPU model, threads and backend).
+  latency in milliseconds summed from a per-sublayer table measured on this CPU with bort's
+  own encoder (or torch) (`LatencyTable`, cached on disk by CPU model, threads and backend).
 - e: an additive error proxy, the summed importance of every head, FFN neuron and hidden channel
   the architecture removes from the source (`importance`, measured once on the source).
 
@@ -126,23 +126,29 @@ def _time_ms(fn, min_repeats: int = 5, min_seconds: float = 0.05) -> float:
 
 def measure_latency(source: Arch, hiddens: Sequence[int], heads: Sequence[int],
                     ffns: Sequence[int], *, head_dim: int | None = None, batch: int = 1,
-                    seq_len: int = 128, threads: int = 1, cache: bool = True) -> LatencyTable:
+                    seq_len: int = 128, threads: int = 1, backend: str = "bort",
+                    dtype: str = "fp32", cache: bool = True) -> LatencyTable:
     """Time every attention sublayer (``heads`` choices) and FFN sublayer (``ffns`` widths) at each
-    hidden size, with torch on this CPU; entries already in the on-disk cache are not re-measured.
+    hidden size on this CPU; entries already in the on-disk cache are not re-measured.
 
+    backend: "bort" (the fused encoder that will serve the model, in ``dtype``; each entry is
+    the sublayer's own time from `bort.runtime.Encoder.sublayer_ms`) or "torch" (eager fp32).
     ``head_dim`` defaults to the source's first attention layer's. The cache file is keyed by
     CPU model, threads, backend, batch and length.
     """
     import torch
 
+    from . import __version__
     from .model import BortModel, EncoderLayer
 
+    if backend not in ("bort", "torch"):
+        raise ValueError(f"backend must be 'bort' or 'torch', got {backend!r}")
     if head_dim is None:
         head_dim = next((x.head_dim for x in source.layers if x.heads), 64)
-    backend = f"torch-{torch.__version__}"
+    name = f"bort-{dtype}-{__version__}" if backend == "bort" else f"torch-{torch.__version__}"
     cpu = _cpu_model()
-    table = LatencyTable(batch, seq_len, threads, backend, cpu)
-    key = json.dumps([cpu, threads, backend, batch, seq_len])
+    table = LatencyTable(batch, seq_len, threads, name, cpu)
+    key = json.dumps([cpu, threads, name, batch, seq_len])
     key = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = cache_dir() / "latency" / f"{key}.json"
     if cache and path.is_file():
@@ -150,6 +156,22 @@ def measure_latency(source: Arch, hiddens: Sequence[int], heads: Sequence[int],
             table = LatencyTable.from_json(json.loads(path.read_text()))
         except (json.JSONDecodeError, KeyError, ValueError):
             pass  # a damaged cache is measured again
+
+    def single(hidden: int, layers: list[Layer]) -> Arch:
+        return Arch(hidden=hidden, layers=layers, vocab_size=source.vocab_size,
+                    max_positions=max(source.max_positions, seq_len), pooler=source.pooler,
+                    activation=source.activation)
+
+    def bort_ms(arch: Arch) -> np.ndarray:
+        """Median per-stage milliseconds (embeddings, attention and FFN per layer, head)."""
+        from .runtime import Encoder
+
+        state = {k: v.numpy() for k, v in BortModel(arch).state_dict().items()}
+        encoder = Encoder(arch, state, num_threads=threads, dtype=dtype)
+        ids = np.random.default_rng(0).integers(0, source.vocab_size, (batch, seq_len))
+        runs = [encoder.sublayer_ms(ids) for _ in range(7)]
+        return np.median(np.array(runs[2:]), axis=0)
+
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -157,22 +179,24 @@ def measure_latency(source: Arch, hiddens: Sequence[int], heads: Sequence[int],
             for hidden in hiddens:
                 x = torch.randn(batch, seq_len, hidden)
                 mask = torch.zeros(batch, 1, 1, seq_len)
-                jobs = [(table.attention, (hidden, h, head_dim), Layer(h, head_dim, 0))
-                        for h in heads if h] + [(table.ffn, (hidden, f), Layer(0, 0, f))
+                jobs = [(table.attention, (hidden, h, head_dim), Layer(h, head_dim, 0), 1)
+                        for h in heads if h] + [(table.ffn, (hidden, f), Layer(0, 0, f), 2)
                                                  for f in ffns if f]
-                for entries, k, spec in jobs:
-                    if k not in entries:
-                        arch = Arch(hidden=hidden, layers=[spec], vocab_size=source.vocab_size,
-                                    activation=source.activation)
-                        layer = EncoderLayer(arch, 0).eval()
+                for entries, k, spec, stage in jobs:
+                    if k in entries:
+                        continue
+                    if backend == "bort":
+                        entries[k] = float(bort_ms(single(hidden, [spec]))[stage])
+                    else:
+                        layer = EncoderLayer(single(hidden, [spec]), 0).eval()
                         entries[k] = _time_ms(lambda: layer(x, mask, False))
                 if hidden not in table.base:
-                    model = BortModel(Arch(hidden=hidden, layers=[],
-                                           vocab_size=source.vocab_size,
-                                           max_positions=max(source.max_positions, seq_len),
-                                           pooler=source.pooler)).eval()
-                    ids = torch.randint(0, source.vocab_size, (batch, seq_len))
-                    table.base[hidden] = _time_ms(lambda: model(ids))
+                    if backend == "bort":
+                        table.base[hidden] = float(bort_ms(single(hidden, [])).sum())
+                    else:
+                        model = BortModel(single(hidden, [])).eval()
+                        ids = torch.randint(0, source.vocab_size, (batch, seq_len))
+                        table.base[hidden] = _time_ms(lambda: model(ids))
     finally:
         torch.set_num_threads(before)
     if cache:
