@@ -229,7 +229,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(len(models), 1, figsize=(14, 3.2 * len(models)), squeeze=False)
     width = 0.8 / len(runtimes)
     for ax, model in zip(axes[:, 0], models):
-        groups = list(dict.fromkeys((r["shape"], r["threads"]) for r in rows if r["model"] == model))
+        mine = [r for r in rows if r["model"] == model]
+        groups = list(dict.fromkeys((r["shape"], r["threads"]) for r in mine))
         for i, runtime in enumerate(runtimes):
             ms = [next((r["ms"] for r in rows if r["model"] == model and r["runtime"] == runtime
                         and (r["shape"], r["threads"]) == g), np.nan) for g in groups]

@@ -89,6 +89,39 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .extract import extract, target_arch
+    from .model import BortModel
+
+    source = BortModel.from_pretrained(args.source)
+    if args.arch:
+        try:
+            d, a, h, i = (int(x) for x in args.arch.split(","))
+        except ValueError:
+            raise ValueError(f"--arch takes four integers D,A,H,I, got {args.arch!r}") from None
+        target = target_arch(source.arch, d, a, h, i)
+    else:
+        try:
+            spec = json.loads(args.arch_json.read_text())
+            target = replace(source.arch, hidden=spec["hidden"], layers=tuple(spec["layers"]))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{args.arch_json}: expected {{\"hidden\": H, \"layers\": "
+                             f"[[heads, head_dim, ffn], ...]}} ({e})") from None
+    texts = None
+    if args.texts:
+        texts = [t for t in args.texts.read_text(encoding="utf-8").splitlines() if t.strip()]
+        if not texts:
+            raise ValueError(f"{args.texts} holds no text")
+    model = extract(source, target, texts)
+    model.save_pretrained(args.out)
+    p = model.arch.params()
+    print(f"wrote {args.out}: {model.arch.describe()}, {p.total:,} parameters "
+          f"({100 * p.total / source.arch.params().total:.1f}% of the source)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bort", description="Optimal sub-architecture extraction for BERT-family encoders.")
@@ -107,6 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_export.add_argument("model", help="model directory (bort or Hugging Face BERT/RoBERTa)")
     p_export.add_argument("--out", required=True, help="the .onnx file to write")
     p_export.add_argument("--opset", type=int, default=18, help="ONNX opset (>= 17)")
+
+    p_extract = commands.add_parser("extract", help="initialise a sub-architecture from a source's "
+                                    "weights")
+    p_extract.add_argument("source", help="source model directory")
+    group = p_extract.add_mutually_exclusive_group(required=True)
+    group.add_argument("--arch", help="uniform target D,A,H,I (layers, heads, hidden, FFN)")
+    group.add_argument("--arch-json", type=Path, help='layer-wise target: {"hidden": H, '
+                       '"layers": [[heads, head_dim, ffn], ...]} (one entry per source layer)')
+    p_extract.add_argument("--texts", type=Path, help="sample text, one per line, to rank heads, "
+                           "neurons and channels by importance (default: weight magnitude)")
+    p_extract.add_argument("--out", required=True, type=Path, help="directory to write")
 
     p_bench = commands.add_parser("bench", help="latency of a model: bort vs torch, ONNX Runtime, "
                                   "OpenVINO (whichever are installed)")
@@ -136,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         elif args.command == "bench":
             return _bench(args)
+        elif args.command == "extract":
+            return _extract(args)
     except (BortError, OSError, ValueError) as e:
         print(f"bort {args.command}: error: {e}", file=sys.stderr)
         return 1

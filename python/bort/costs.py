@@ -33,7 +33,7 @@ from .arch import Arch, Layer
 from .errors import BortError, ConfigError
 
 __all__ = ["COST_KINDS", "Importance", "LatencyTable", "base_cost", "cost", "decompose",
-           "error_proxy", "importance", "layer_cost", "measure_latency"]
+           "error_proxy", "importance", "layer_cost", "layer_map", "measure_latency"]
 
 COST_KINDS = ("params", "flops", "latency")
 
@@ -443,22 +443,32 @@ def cost(arch: Arch, kind: str = "flops", **options: Any) -> float:
     return base + sum(layers)
 
 
-def error_proxy(arch: Arch, importance: Importance) -> float:
-    """e(arch): the summed importance of what ``arch`` removes from the source.
+def layer_map(arch: Arch, source: Arch, importance: Importance | None = None) -> list[int]:
+    """The source layer each layer of ``arch`` stands for, in order.
 
-    Layer l of a layer-wise arch stands for source layer l (the same count of layers). A uniform
-    arch with fewer layers keeps the source layers whose removal would cost the most.
+    Same layer count: position by position (the layer-wise spaces). A uniform arch with fewer
+    layers keeps the source layers whose removal would cost the most error proxy, or, without
+    importance, evenly spaced ones (first and last included).
     """
+    n, d = len(source.layers), len(arch.layers)
+    if d == n:
+        return list(range(n))
+    if not (arch.is_uniform and d < n):
+        raise ConfigError(f"{arch.describe()} has {d} layers and cannot be read as a part of the "
+                          f"{n}-layer source")
+    if importance is None:
+        return sorted({round(i * (n - 1) / max(d - 1, 1)) for i in range(d)}) if d > 1 else [n - 1]
+    layer = arch.layers[0]
+    gain = [importance.layer_error(l, Layer(0, 0, 0)) - importance.layer_error(l, layer)
+            for l in range(n)]
+    return sorted(sorted(range(n), key=lambda l: gain[l], reverse=True)[:d])
+
+
+def error_proxy(arch: Arch, importance: Importance) -> float:
+    """e(arch): the summed importance of what ``arch`` removes from the source: the units its
+    layers drop from the source layers they stand for (`layer_map`), every source layer it does
+    not keep, and the hidden channels it cuts."""
     src = importance.source
-    e = importance.hidden_error(arch.hidden)
-    if len(arch.layers) == len(src.layers):
-        return e + sum(importance.layer_error(l, x) for l, x in enumerate(arch.layers))
-    if arch.is_uniform and len(arch.layers) < len(src.layers):
-        layer = arch.layers[0]
-        keep = [importance.layer_error(l, layer) for l in range(len(src.layers))]
-        drop = [importance.layer_error(l, Layer(0, 0, 0)) for l in range(len(src.layers))]
-        gain = sorted(range(len(src.layers)), key=lambda l: drop[l] - keep[l], reverse=True)
-        kept = set(gain[:len(arch.layers)])
-        return e + sum(keep[l] if l in kept else drop[l] for l in range(len(src.layers)))
-    raise ConfigError(f"{arch.describe()} has {len(arch.layers)} layers and cannot be read as a "
-                      f"part of the {len(src.layers)}-layer source")
+    kept = dict(zip(layer_map(arch, src, importance), arch.layers))
+    return importance.hidden_error(arch.hidden) + sum(
+        importance.layer_error(l, kept.get(l, Layer(0, 0, 0))) for l in range(len(src.layers)))
