@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -122,6 +123,31 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _distill(args: argparse.Namespace) -> int:
+    import torch
+
+    from .distill import Corpus, DistillConfig, distill
+    from .model import BortModel
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:  # under torchrun
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        config = DistillConfig(steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
+                               lr=args.lr, eval_every=args.eval_every,
+                               checkpoint_every=args.checkpoint_every, bf16=args.bf16)
+        result = distill(BortModel.from_pretrained(args.teacher),
+                         BortModel.from_pretrained(args.student), Corpus(args.corpus), args.out,
+                         config, resume=args.resume)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    first, last = result["eval_loss"][0], result["eval_loss"][-1]
+    print(f"held-out loss {first[1]:.4f} (step {first[0]}) -> {last[1]:.4f} (step {last[0]}); "
+          f"student in {args.out / 'student'}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bort", description="Optimal sub-architecture extraction for BERT-family encoders.")
@@ -151,6 +177,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_extract.add_argument("--texts", type=Path, help="sample text, one per line, to rank heads, "
                            "neurons and channels by importance (default: weight magnitude)")
     p_extract.add_argument("--out", required=True, type=Path, help="directory to write")
+
+    p_distill = commands.add_parser("distill", help="distil a student from a teacher on text")
+    p_distill.add_argument("--teacher", required=True, help="teacher model directory")
+    p_distill.add_argument("--student", required=True, help="student model directory "
+                           "(e.g. from bort extract)")
+    p_distill.add_argument("--corpus", required=True, nargs="+", type=Path,
+                           help="plain-text files, one document per line")
+    p_distill.add_argument("--out", required=True, type=Path,
+                           help="run directory: checkpoints/ and student/")
+    p_distill.add_argument("--steps", type=int, default=1000)
+    p_distill.add_argument("--batch-size", type=int, default=32)
+    p_distill.add_argument("--seq-len", type=int, default=128)
+    p_distill.add_argument("--lr", type=float, default=1e-4)
+    p_distill.add_argument("--eval-every", type=int, default=100)
+    p_distill.add_argument("--checkpoint-every", type=int, default=200)
+    p_distill.add_argument("--bf16", action="store_true", help="bf16 autocast for the student")
+    p_distill.add_argument("--resume", action="store_true",
+                           help="continue from the newest checkpoint under --out")
 
     p_bench = commands.add_parser("bench", help="latency of a model: bort vs torch, ONNX Runtime, "
                                   "OpenVINO (whichever are installed)")
@@ -182,6 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _bench(args)
         elif args.command == "extract":
             return _extract(args)
+        elif args.command == "distill":
+            return _distill(args)
     except (BortError, OSError, ValueError) as e:
         print(f"bort {args.command}: error: {e}", file=sys.stderr)
         return 1

@@ -1,0 +1,277 @@
+"""Knowledge-distillation pre-training of a student from a teacher on plain text.
+
+Losses (summed with weights):
+- hidden: MSE between each student layer's output and the output of the teacher layer it stands
+  for (layers matched evenly, embeddings to embeddings), through a learned linear projection
+  when the widths differ (TinyBERT's recipe);
+- attention: KL(teacher ‖ student) of the attention distributions of matched layers whose head
+  counts agree, over real tokens;
+- the masked-LM terms of Bort (cross-entropy + logit KL at temperature 2) need a teacher with an
+  MLM head; bort's models carry none yet, so they are not part of this version.
+15% of the tokens are masked in the input both models read. AdamW with warm-up and linear decay,
+no weight decay on LayerNorm or bias, gradient clipping, optional bf16 autocast.
+
+Runs the same under ``torchrun --nproc_per_node K``: DistributedDataParallel (gloo on CPU, nccl on
+GPU), each rank reading its share of every batch, rank 0 writing. Checkpoints go through
+`bort.checkpoint` every ``checkpoint_every`` steps and on Ctrl-C; a rerun resumes bit for bit.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import resume as resume_checkpoint
+from .checkpoint import save_checkpoint
+from .errors import BortError, ConfigError
+from .model import BortModel
+from .tokenize import encode, load_tokenizer
+
+__all__ = ["Corpus", "DistillConfig", "distill"]
+
+
+@dataclass
+class DistillConfig:
+    steps: int = 1000
+    batch_size: int = 32  # sequences per step, over all ranks
+    seq_len: int = 128
+    lr: float = 1e-4
+    warmup: float = 0.01  # fraction of the steps
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    mask_rate: float = 0.15
+    hidden_weight: float = 1.0
+    attention_weight: float = 1.0
+    eval_every: int = 100
+    eval_sequences: int = 64
+    checkpoint_every: int = 200
+    seed: int = 0
+    bf16: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "seq_len", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.mask_rate < 1:
+            raise ConfigError(f"mask_rate must be in [0, 1), got {self.mask_rate}")
+
+
+class Corpus:
+    """Plain-text files, one document per line; the last ``held_out`` share of the lines (at
+    least one) is kept aside for evaluation. Lines are read into memory once."""
+
+    def __init__(self, files: Sequence[str | Path], held_out: float = 0.01):
+        if not files:
+            raise ConfigError("no corpus files given")
+        lines: list[str] = []
+        for f in map(Path, files):
+            if not f.is_file():
+                raise FileNotFoundError(f"corpus file not found: {f}")
+            text = f.read_text(encoding="utf-8", errors="replace")
+            lines += [t.strip() for t in text.splitlines() if t.strip()]
+        if len(lines) < 2:
+            raise ConfigError(f"the corpus ({', '.join(map(str, files))}) has {len(lines)} "
+                              "non-empty lines; distillation needs text")
+        n_eval = max(1, int(len(lines) * held_out))
+        self.train, self.eval = lines[:-n_eval], lines[-n_eval:]
+
+    def batch(self, step: int, size: int, seed: int) -> list[str]:
+        """The texts of one step: epochs of a seeded permutation, so any step can be rebuilt."""
+        n = len(self.train)
+        out = []
+        for k in range(step * size, (step + 1) * size):
+            epoch, i = divmod(k, n)
+            order = np.random.default_rng([seed, epoch]).permutation(n)
+            out.append(self.train[order[i]])
+        return out
+
+
+def _layer_pairs(student: BortModel, teacher: BortModel) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs, evenly spaced; layer -1 is the embeddings."""
+    s, t = len(student.arch.layers), len(teacher.arch.layers)
+    return [(-1, -1)] + [(k, round((k + 1) * t / s) - 1) for k in range(s)]
+
+
+class _Distiller(nn.Module):
+    """The student plus the projections the losses train with it (not part of the student)."""
+
+    def __init__(self, student: BortModel, teacher: BortModel):
+        super().__init__()
+        self.student = student
+        hs, ht = student.arch.hidden, teacher.arch.hidden
+        self.pairs = _layer_pairs(student, teacher)
+        self.project = nn.ModuleList(nn.Linear(hs, ht) if hs != ht else nn.Identity()
+                                     for _ in self.pairs)
+
+    def forward(self, batch: dict[str, torch.Tensor], target) -> dict[str, torch.Tensor]:
+        out = self.student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                           output_hidden_states=True, output_attentions=True)
+        mask = batch["attention_mask"].bool()
+        hidden = sum(F.mse_loss(proj(out.hidden_states[s + 1])[mask],
+                                target.hidden_states[t + 1][mask])
+                     for proj, (s, t) in zip(self.project, self.pairs)) / len(self.pairs)
+        attention = torch.zeros(())
+        matched = 0
+        for s, t in self.pairs[1:]:
+            a_s, a_t = out.attentions[s], target.attentions[t]
+            if a_s is None or a_t is None or a_s.shape != a_t.shape:
+                continue
+            rows = mask[:, None, :, None].expand_as(a_t) & mask[:, None, None, :].expand_as(a_t)
+            kl = a_t * (torch.log(a_t.clamp_min(1e-12)) - torch.log(a_s.clamp_min(1e-12)))
+            attention = attention + kl[rows].sum() / mask.sum() / a_t.shape[1]
+            matched += 1
+        if matched:
+            attention = attention / matched
+        return {"hidden": hidden, "attention": attention}
+
+
+def _world() -> tuple[int, int]:
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | Path,
+            config: DistillConfig | None = None, *, resume: bool = False,
+            log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
+    """Train ``student`` towards ``teacher`` on ``corpus``; checkpoints and the final student go
+    under ``out``. Returns {"step", "train_loss", "eval_loss": [(step, loss), ...]}.
+
+    Raises ConfigError when the two models do not read the same tokens (vocabulary, positions).
+    """
+    config = config or DistillConfig()
+    for f in ("vocab_size", "type_vocab_size", "position_style", "pad_token_id"):
+        if getattr(student.arch, f) != getattr(teacher.arch, f):
+            raise ConfigError(f"student {f} {getattr(student.arch, f)!r} differs from the "
+                              f"teacher's {getattr(teacher.arch, f)!r}: both must read the same "
+                              "tokens")
+    if teacher.source_dir is None:
+        raise BortError("the teacher has no tokenizer: load it with BortModel.from_pretrained")
+    out = Path(out)
+    rank, world = _world()
+    if config.batch_size % world:
+        raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
+    tokenizer = load_tokenizer(teacher.source_dir, config.seq_len)
+    mask_id = tokenizer.token_to_id("[MASK]") or tokenizer.token_to_id("<mask>")
+    if mask_id is None:
+        raise BortError("the teacher's tokenizer has no [MASK] / <mask> token")
+    special = {tokenizer.token_to_id(t)
+               for t in ("[CLS]", "[SEP]", "<s>", "</s>", "[PAD]", "<pad>")}
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    teacher.eval().requires_grad_(False)
+    for head in (student.pooler, student.classifier):  # no loss reaches them here
+        if head is not None:
+            head.requires_grad_(False)
+    module = _Distiller(student, teacher)
+    model: nn.Module = module
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(module)
+    trained = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in trained if not (p.ndim >= 2 and "LayerNorm" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
+    warm = max(1, round(config.warmup * config.steps))
+    def schedule(s: int) -> float:  # linear warm-up, then linear decay to 0
+        return min((s + 1) / warm, max(0.0, (config.steps - s) / max(1, config.steps - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    history = {"train_loss": [], "eval_loss": []}
+    start = 0
+    if resume:
+        state = resume_checkpoint(out / "checkpoints", model=module, optimizer=opt, scheduler=sched)
+        if state is not None:
+            start = state.step
+            history = state.extra.get("history", history)
+
+    def tensors(texts: list[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = {k: torch.from_numpy(v) for k, v in encode(tokenizer, texts).items()}
+        ids = batch["input_ids"]
+        keep = torch.tensor(sorted(special - {None}))
+        maskable = batch["attention_mask"].bool() & ~torch.isin(ids, keep)
+        hit = (torch.rand(ids.shape, generator=gen) < config.mask_rate) & maskable
+        batch["input_ids"] = torch.where(hit, torch.full_like(ids, mask_id), ids)
+        return batch
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
+                             output_hidden_states=True, output_attentions=True)
+        with torch.autocast("cpu", torch.bfloat16, enabled=config.bf16):
+            parts = model(batch, target)
+        return config.hidden_weight * parts["hidden"] + config.attention_weight * parts["attention"]
+
+    def evaluate() -> float:
+        gen = torch.Generator().manual_seed(config.seed + 1)
+        repeat = math.ceil(config.eval_sequences / len(corpus.eval))
+        texts = (corpus.eval * repeat)[:config.eval_sequences]
+        module.eval()
+        with torch.no_grad():
+            losses = [loss_of(tensors(texts[i:i + 16], gen)).item()
+                      for i in range(0, len(texts), 16)]
+        module.train()
+        return float(np.mean(losses))
+
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=config.steps, initial=start, desc="distill", unit="step")
+    module.train()
+    step = start
+    try:
+        if start == 0:
+            history["eval_loss"].append((0, evaluate()))
+        for step in range(start, config.steps):
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            texts = corpus.batch(step, config.batch_size, config.seed)
+            share = config.batch_size // world
+            batch = tensors(texts, gen)
+            batch = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
+            loss = loss_of(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(module.parameters(), config.clip)
+            opt.step()
+            sched.step()
+            value = loss.detach()
+            if world > 1:
+                torch.distributed.all_reduce(value)
+                value /= world
+            history["train_loss"].append((step + 1, value.item()))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{value.item():.4f}")
+            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
+                history["eval_loss"].append((step + 1, evaluate()))
+                if log and rank == 0:
+                    log(f"step {step + 1}: held-out loss {history['eval_loss'][-1][1]:.4f}")
+            if (step + 1) % config.checkpoint_every == 0:
+                save_checkpoint(out / "checkpoints", step + 1, model=module, optimizer=opt,
+                                scheduler=sched, extra={"history": history,
+                                                        "config": asdict(config)})
+        step = config.steps
+    except KeyboardInterrupt:
+        save_checkpoint(out / "checkpoints", step, model=module, optimizer=opt, scheduler=sched,
+                        extra={"history": history, "config": asdict(config)})
+        if log and rank == 0:
+            log(f"interrupted at step {step}: checkpoint written; rerun with resume to go on")
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    if rank == 0:
+        student.save_pretrained(out / "student", card={"data": "distilled on a text corpus"})
+    return {"step": step, **history}

@@ -1,0 +1,128 @@
+"""Distillation: the loss falls, a killed run resumes to the same weights, 2 ranks = 1 rank."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bort import ConfigError
+from bort.distill import Corpus, DistillConfig, distill
+from bort.extract import extract, target_arch
+from bort.model import BortModel
+from test_extract import HELD_OUT, SAMPLE
+
+CONFIG = DistillConfig(steps=6, batch_size=4, seq_len=24, eval_every=3, checkpoint_every=3,
+                       eval_sequences=8, lr=5e-4)
+
+
+@pytest.fixture(scope="module")
+def teacher(minilm_dir) -> BortModel:
+    return BortModel.from_pretrained(minilm_dir)
+
+
+@pytest.fixture()
+def corpus(tmp_path) -> Corpus:
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(SAMPLE * 2 + HELD_OUT))
+    return Corpus([path], held_out=0.25)
+
+
+def student_of(teacher: BortModel) -> BortModel:
+    return extract(teacher, target_arch(teacher.arch, 2, 12, 384, 768))
+
+
+def weights(model: BortModel) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_distillation_lowers_the_held_out_loss(teacher, corpus, tmp_path) -> None:
+    config = replace(CONFIG, steps=12, eval_every=12, checkpoint_every=12)
+    result = distill(teacher, student_of(teacher), corpus, tmp_path / "run", config,
+                     progress=False, log=None)
+    (_, before), (_, after) = result["eval_loss"][0], result["eval_loss"][-1]
+    print(f"held-out distillation loss {before:.4f} -> {after:.4f}")
+    assert after < 0.8 * before
+    saved = BortModel.from_pretrained(tmp_path / "run" / "student")
+    assert saved.arch.describe() == "⟨D=2, A=12, H=384, I=768⟩"
+
+
+def test_a_killed_run_resumes_to_the_same_weights(teacher, corpus, tmp_path, monkeypatch) -> None:
+    straight = student_of(teacher)
+    distill(teacher, straight, corpus, tmp_path / "a", CONFIG, progress=False, log=None)
+
+    interrupted = student_of(teacher)
+    real_batch = Corpus.batch
+
+    def dies_at_step_4(self, step, size, seed):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_batch(self, step, size, seed)
+
+    monkeypatch.setattr(Corpus, "batch", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, interrupted, corpus, tmp_path / "b", CONFIG, progress=False, log=None)
+    monkeypatch.setattr(Corpus, "batch", real_batch)
+    assert (tmp_path / "b" / "checkpoints" / "step-00000004").is_dir()
+
+    torch.manual_seed(99)  # a new process: other RNG state, a freshly built student
+    resumed = student_of(teacher)
+    distill(teacher, resumed, corpus, tmp_path / "b", CONFIG, resume=True, progress=False,
+            log=None)
+    for (name, a), b in zip(weights(straight).items(), weights(resumed).values()):
+        assert torch.equal(a, b), name
+
+
+def test_two_ranks_match_one(minilm_dir, teacher, tmp_path) -> None:
+    """torchrun with 2 CPU processes (gloo) against 1 process: the same losses (dropout off)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(SAMPLE * 2 + HELD_OUT))
+    student = student_of(teacher)
+    student = extract(teacher, replace(student.arch, dropout=0.0, attention_dropout=0.0))
+    student.save_pretrained(tmp_path / "student")
+    common = ["distill", "--teacher", str(minilm_dir), "--student", str(tmp_path / "student"),
+              "--corpus", str(corpus), "--steps", "4", "--batch-size", "4", "--seq-len", "24",
+              "--eval-every", "4", "--checkpoint-every", "4"]
+    bort = str(Path(sys.executable).with_name("bort"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([bort, *common, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29517", bort, *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    # Adam turns float-rounding differences of near-zero gradients into whole lr-sized steps,
+    # so the weights differ by up to ~steps × lr; the losses agree closely.
+    a = BortModel.from_pretrained(tmp_path / "one" / "student").state_dict()
+    b = BortModel.from_pretrained(tmp_path / "two" / "student").state_dict()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    loss = lambda out: float(out.split("-> ")[1].split(" ")[0])  # noqa: E731
+    print(f"1 vs 2 ranks: held-out loss {loss(one.stdout):.5f} vs {loss(two.stdout):.5f}, "
+          f"max weight difference {worst:.1e}")
+    assert loss(one.stdout) == pytest.approx(loss(two.stdout), rel=1e-3)
+    assert worst <= 4 * 1e-4 * 1.5
+
+
+def test_bad_input(teacher, tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="corpus file not found"):
+        Corpus([tmp_path / "missing.txt"])
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(ConfigError, match="non-empty lines"):
+        Corpus([tmp_path / "empty.txt"])
+    with pytest.raises(ConfigError, match="no corpus files"):
+        Corpus([])
+    (tmp_path / "c.txt").write_text("\n".join(SAMPLE))
+    other = BortModel(replace(student_of(teacher).arch, vocab_size=50265))
+    with pytest.raises(ConfigError, match="vocab_size"):
+        distill(teacher, other, Corpus([tmp_path / "c.txt"]), tmp_path / "run", CONFIG,
+                progress=False, log=None)
+    with pytest.raises(ConfigError, match="steps must be"):
+        DistillConfig(steps=0)
+    assert np.isfinite(CONFIG.lr)
