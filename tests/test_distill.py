@@ -126,3 +126,29 @@ def test_bad_input(teacher, tmp_path) -> None:
     with pytest.raises(ConfigError, match="steps must be"):
         DistillConfig(steps=0)
     assert np.isfinite(CONFIG.lr)
+
+
+def test_default_corpus_is_built_from_the_installed_packages(tmp_path) -> None:
+    from bort.data import default_corpus
+
+    files = default_corpus(tmp_path)
+    assert [f.name for f in files] == ["imdb.txt", "wikipedia.txt", "shakespeare.txt"]
+    words = {f.name: len(f.read_text().split()) for f in files}
+    assert words["imdb.txt"] > 5_000_000 and words["wikipedia.txt"] > 500_000
+    assert words["shakespeare.txt"] > 500_000
+    assert "<br" not in files[0].read_text()[:100_000]
+    corpus = Corpus(files)
+    assert len(corpus.eval) > 100
+    assert default_corpus(tmp_path) == files  # built once, then reused
+
+
+def test_surrogate_error_is_deterministic_and_ranks_sizes(teacher, corpus) -> None:
+    from bort.distill import surrogate_error
+
+    small = target_arch(teacher.arch, 1, 12, 384, 384)
+    large = target_arch(teacher.arch, 4, 12, 384, 1536)
+    e_small = surrogate_error(small, teacher, corpus, steps=4, batch_size=4, seq_len=24)
+    assert e_small == surrogate_error(small, teacher, corpus, steps=4, batch_size=4, seq_len=24)
+    e_large = surrogate_error(large, teacher, corpus, steps=4, batch_size=4, seq_len=24)
+    print(f"surrogate error: 1-layer {e_small:.4f}, 4-layer {e_large:.4f}")
+    assert e_large < e_small

@@ -35,7 +35,7 @@ from .errors import BortError, ConfigError
 from .model import BortModel
 from .tokenize import encode, load_tokenizer
 
-__all__ = ["Corpus", "DistillConfig", "distill"]
+__all__ = ["Corpus", "DistillConfig", "distill", "surrogate_error"]
 
 
 @dataclass
@@ -275,3 +275,21 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     if rank == 0:
         student.save_pretrained(out / "student", card={"data": "distilled on a text corpus"})
     return {"step": step, **history}
+
+
+def surrogate_error(arch, teacher: BortModel, corpus: Corpus, steps: int, seed: int = 0, *,
+                    importance=None, batch_size: int = 16, seq_len: int = 64,
+                    lr: float = 5e-4) -> float:
+    """The search's error surrogate for one candidate: extract ``arch`` from ``teacher``, distil
+    it for ``steps`` steps, and return the held-out distillation loss (the paper's short training
+    run against the maximum point). Deterministic for a given seed."""
+    import tempfile
+
+    from .extract import extract
+
+    student = extract(teacher, arch, importance=importance)
+    config = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                           eval_every=steps, checkpoint_every=steps + 1, seed=seed)
+    with tempfile.TemporaryDirectory() as run:
+        result = distill(teacher, student, corpus, run, config, log=None, progress=False)
+    return float(result["eval_loss"][-1][1])
