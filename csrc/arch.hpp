@@ -68,6 +68,7 @@ struct Arch {
   int64_t pad_token_id = 0;
   bool pooler = true;
   int64_t num_labels = 0;  // 0: no classification head
+  bool mlm_head = false;    // masked-LM head, decoder tied to the word embeddings
 
   // Throws std::invalid_argument naming the first inconsistent field.
   void validate() const {
@@ -98,6 +99,7 @@ struct Arch {
     for (const Layer& l : layers) p.encoder += l.params(hidden);
     if (pooler) p.pooler = hidden * hidden + hidden;
     p.head = num_labels > 0 ? hidden * num_labels + num_labels : 0;
+    if (mlm_head) p.head += hidden * hidden + hidden + 2 * hidden + vocab_size;
     return p;
   }
 
@@ -109,6 +111,7 @@ struct Arch {
     for (const Layer& l : layers) f += l.flops(hidden, batch, seq_len);
     if (pooler) f += 2 * batch * hidden * hidden;
     if (num_labels > 0) f += 2 * batch * hidden * num_labels;
+    if (mlm_head) f += 2 * batch * seq_len * hidden * (hidden + vocab_size);
     return f;
   }
 };

@@ -131,17 +131,17 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init([](int64_t hidden, std::vector<bort::Layer> layers, int64_t vocab_size,
                        int64_t max_positions, int64_t type_vocab_size, bort::Activation activation,
                        double layer_norm_eps, bort::PositionStyle position_style,
-                       int64_t pad_token_id, bool pooler, int64_t num_labels) {
+                       int64_t pad_token_id, bool pooler, int64_t num_labels, bool mlm_head) {
              bort::Arch a{hidden,         std::move(layers), vocab_size,     max_positions,
                           type_vocab_size, activation,       layer_norm_eps, position_style,
-                          pad_token_id,   pooler,            num_labels};
+                          pad_token_id,   pooler,            num_labels,     mlm_head};
              a.validate();
              return a;
            }),
            py::kw_only(), py::arg("hidden"), py::arg("layers"), py::arg("vocab_size"),
            py::arg("max_positions"), py::arg("type_vocab_size"), py::arg("activation"),
            py::arg("layer_norm_eps"), py::arg("position_style"), py::arg("pad_token_id"),
-           py::arg("pooler"), py::arg("num_labels"))
+           py::arg("pooler"), py::arg("num_labels"), py::arg("mlm_head") = false)
       .def_readonly("hidden", &bort::Arch::hidden)
       .def_readonly("layers", &bort::Arch::layers)
       .def("params", &bort::Arch::params)

@@ -21,7 +21,8 @@ def numel_by_part(model: torch.nn.Module) -> dict[str, int]:
     parts = {"embeddings": 0, "encoder": 0, "pooler": 0, "head": 0}
     for name, p in model.named_parameters():
         name = name.removeprefix("bert.").removeprefix("roberta.")
-        part = "head" if name.startswith("classifier.") else name.split(".")[0]
+        head = name.startswith(("classifier.", "cls.", "lm_head."))
+        part = "head" if head else name.split(".")[0]
         parts[part] += p.numel()
     parts["total"] = sum(parts.values())
     return parts
@@ -58,7 +59,7 @@ def test_params_match_real_minilm(minilm_dir) -> None:
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 @pytest.mark.parametrize("seed", range(4))
 def test_params_match_random_transformers_models(family: str, seed: int) -> None:
-    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     g = torch.Generator().manual_seed(seed)
     r = lambda lo, hi: int(torch.randint(lo, hi, (1,), generator=g))  # noqa: E731
@@ -66,7 +67,7 @@ def test_params_match_random_transformers_models(family: str, seed: int) -> None
     config = hf_config(family, num_attention_heads=heads, hidden_size=heads * r(2, 12),
                        num_hidden_layers=r(0, 4), intermediate_size=r(1, 130),
                        vocab_size=r(50, 300), num_labels=r(1, 5))
-    for cls in (AutoModel, AutoModelForSequenceClassification):
+    for cls in (AutoModel, AutoModelForSequenceClassification, AutoModelForMaskedLM):
         model = cls.from_config(config)
         arch = Arch.from_config(config.to_dict() | {"architectures": [type(model).__name__]})
         if family == "roberta" and cls is AutoModelForSequenceClassification:
@@ -121,12 +122,13 @@ layers = st.lists(st.tuples(st.integers(0, 9), st.integers(1, 80), st.integers(0
 @settings(max_examples=200, deadline=None)
 @given(hidden=st.integers(1, 700), layers=layers, vocab=st.integers(2, 60000),
        positions=st.integers(3, 1024), types=st.integers(1, 4), pooler=st.booleans(),
-       labels=st.integers(0, 5), batch=st.integers(1, 16), seq_len=st.integers(1, 600))
-def test_cpp_struct_agrees(hidden, layers, vocab, positions, types, pooler, labels, batch,
+       labels=st.integers(0, 5), mlm=st.booleans(), batch=st.integers(1, 16),
+       seq_len=st.integers(1, 600))
+def test_cpp_struct_agrees(hidden, layers, vocab, positions, types, pooler, labels, mlm, batch,
                            seq_len) -> None:
     arch = Arch(hidden=hidden, layers=layers, vocab_size=vocab, max_positions=positions,
                 type_vocab_size=types, pooler=pooler or labels > 0, num_labels=labels,
-                position_style="roberta", pad_token_id=1)
+                mlm_head=mlm, position_style="roberta", pad_token_id=1)
     core = arch._to_core()
     p, cp = arch.params(), core.params()
     assert (p.embeddings, p.encoder, p.pooler, p.head, p.total) == (

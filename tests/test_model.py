@@ -136,6 +136,28 @@ def test_transformers_classifier_loads_in_bort(tmp_path) -> None:
     assert diff.item() <= TOL
 
 
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_masked_lm_head_matches_transformers(family, tmp_path) -> None:
+    from transformers import AutoModelForMaskedLM
+
+    config = hf_config(family)
+    ref = AutoModelForMaskedLM.from_config(config).eval()
+    randomize(ref, seed=7)
+    ref.save_pretrained(tmp_path / "ref")
+    ours = BortModel.from_pretrained(tmp_path / "ref").eval()
+    assert ours.arch.mlm_head
+    assert ours.arch.params().total == sum(p.numel() for p in ref.parameters())
+    ids, mask, _ = batch_with_padding(config.vocab_size, [9, 4], pad=config.pad_token_id)
+    with torch.no_grad():
+        expected = ref(input_ids=ids, attention_mask=mask).logits
+        assert max_diff_on_tokens(ours(ids, mask, output_mlm=True).mlm_logits, expected,
+                                  mask) <= TOL
+        ours.save_pretrained(tmp_path / "ours")  # and transformers reads bort's file back
+        again = AutoModelForMaskedLM.from_pretrained(tmp_path / "ours").eval()
+        assert max_diff_on_tokens(again(input_ids=ids, attention_mask=mask).logits, expected,
+                                  mask) <= TOL
+
+
 def test_pytorch_model_bin_loads_through_weights_only(tmp_path) -> None:
     from transformers import BertModel
 

@@ -152,6 +152,7 @@ class Arch:
     pad_token_id: int = 0
     pooler: bool = True
     num_labels: int = 0  # > 0: a sequence-classification head with that many outputs
+    mlm_head: bool = False  # a masked-LM head (decoder tied to the word embeddings)
     dropout: float = 0.1
     attention_dropout: float = 0.1
 
@@ -247,7 +248,8 @@ class Arch:
             embeddings=(self.vocab_size + self.max_positions + self.type_vocab_size) * h + 2 * h,
             encoder=sum(layer.params(h) for layer in self.layers),
             pooler=h * h + h if self.pooler else 0,
-            head=h * self.num_labels + self.num_labels if self.num_labels else 0,
+            head=(h * self.num_labels + self.num_labels if self.num_labels else 0)
+            + (h * h + h + 2 * h + self.vocab_size if self.mlm_head else 0),
         )
 
     def flops(self, batch: int = 1, seq_len: int = 128) -> int:
@@ -263,6 +265,8 @@ class Arch:
             f += 2 * batch * self.hidden * self.hidden
         if self.num_labels:
             f += 2 * batch * self.hidden * self.num_labels
+        if self.mlm_head:  # transform and tied decoder, on every token
+            f += 2 * batch * seq_len * self.hidden * (self.hidden + self.vocab_size)
         return f
 
     # ------------------------------------------------------------------ config.json
@@ -331,7 +335,11 @@ class Arch:
             layers = (Layer(heads, head_dim, ffn),) * depth
             position_style = FAMILIES[model_type]
         num_labels = 0
-        if any("ForSequenceClassification" in a for a in config.get("architectures") or ()):
+        architectures = config.get("architectures") or ()
+        mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
+        # transformers builds *ForMaskedLM without a pooler
+        pooler = not any(a.endswith("ForMaskedLM") for a in architectures)
+        if any("ForSequenceClassification" in a for a in architectures):
             num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
         pad = config.get("pad_token_id")
         return cls(
@@ -344,8 +352,9 @@ class Arch:
             layer_norm_eps=get("layer_norm_eps", 1e-12),
             position_style=position_style,
             pad_token_id=0 if pad is None else pad,
-            pooler=bool(config.get("bort_pooler", True)),
+            pooler=bool(config.get("bort_pooler", pooler)),
             num_labels=num_labels,
+            mlm_head=mlm_head,
             dropout=get("hidden_dropout_prob", 0.1),
             attention_dropout=get("attention_probs_dropout_prob", 0.1),
         )
@@ -365,14 +374,14 @@ class Arch:
             "attention_probs_dropout_prob": self.attention_dropout,
             "initializer_range": 0.02,
         }
-        if not self.pooler:
-            common["bort_pooler"] = False
+        if self.pooler != (self._head_name() != "ForMaskedLM"):  # not what transformers builds
+            common["bort_pooler"] = self.pooler
         if self.is_uniform:
             first = self.layers[0]
             config = {
                 "model_type": self.family,
                 "architectures": [("Bert" if self.family == "bert" else "Roberta")
-                                  + ("ForSequenceClassification" if self.num_labels else "Model")],
+                                  + self._head_name()],
                 "num_hidden_layers": len(self.layers),
                 "num_attention_heads": first.heads,
                 "intermediate_size": first.ffn,
@@ -382,8 +391,7 @@ class Arch:
         else:
             config = {
                 "model_type": LAYERWISE_MODEL_TYPE,
-                "architectures": [("BortForSequenceClassification" if self.num_labels
-                                   else "BortModel")],
+                "architectures": ["Bort" + self._head_name()],
                 "position_style": self.position_style,
                 "layers": [asdict(layer) for layer in self.layers],
                 **common,
@@ -393,6 +401,11 @@ class Arch:
             config["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
             config["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
         return config
+
+    def _head_name(self) -> str:
+        if self.num_labels:
+            return "ForSequenceClassification"
+        return "ForMaskedLM" if self.mlm_head else "Model"
 
     def to_hf_config(self) -> dict[str, Any]:
         """The Hugging Face config.json of a uniform arch; raises ConfigError for layer-wise
@@ -418,6 +431,7 @@ class Arch:
             pad_token_id=self.pad_token_id,
             pooler=self.pooler,
             num_labels=self.num_labels,
+            mlm_head=self.mlm_head,
         )
 
 

@@ -6,8 +6,9 @@ Losses (summed with weights):
   when the widths differ (TinyBERT's recipe);
 - attention: KL(teacher ‖ student) of the attention distributions of matched layers whose head
   counts agree, over real tokens;
-- the masked-LM terms of Bort (cross-entropy + logit KL at temperature 2) need a teacher with an
-  MLM head; bort's models carry none yet, so they are not part of this version.
+- masked LM, when teacher and student both have an MLM head (as in Bort's release):
+  cross-entropy against the original tokens plus T²·KL(teacher ‖ student) of the logits at
+  temperature 2, on the masked positions only.
 15% of the tokens are masked in the input both models read. AdamW with warm-up and linear decay,
 no weight decay on LayerNorm or bias, gradient clipping, optional bf16 autocast.
 
@@ -50,6 +51,9 @@ class DistillConfig:
     mask_rate: float = 0.15
     hidden_weight: float = 1.0
     attention_weight: float = 1.0
+    mlm_weight: float = 0.1  # Bort's release: 0.1 · cross-entropy
+    logit_weight: float = 0.5  # ... + 0.5 · T² · KL at temperature T
+    temperature: float = 2.0
     eval_every: int = 100
     eval_sequences: int = 64
     checkpoint_every: int = 200
@@ -103,9 +107,11 @@ def _layer_pairs(student: BortModel, teacher: BortModel) -> list[tuple[int, int]
 class _Distiller(nn.Module):
     """The student plus the projections the losses train with it (not part of the student)."""
 
-    def __init__(self, student: BortModel, teacher: BortModel):
+    def __init__(self, student: BortModel, teacher: BortModel, temperature: float):
         super().__init__()
         self.student = student
+        self.mlm = student.arch.mlm_head and teacher.arch.mlm_head
+        self.temperature = temperature
         hs, ht = student.arch.hidden, teacher.arch.hidden
         self.pairs = _layer_pairs(student, teacher)
         self.project = nn.ModuleList(nn.Linear(hs, ht) if hs != ht else nn.Identity()
@@ -113,7 +119,7 @@ class _Distiller(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], target) -> dict[str, torch.Tensor]:
         out = self.student(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                           output_hidden_states=True, output_attentions=True)
+                           output_hidden_states=True, output_attentions=True, output_mlm=self.mlm)
         mask = batch["attention_mask"].bool()
         hidden = sum(F.mse_loss(proj(out.hidden_states[s + 1])[mask],
                                 target.hidden_states[t + 1][mask])
@@ -130,7 +136,19 @@ class _Distiller(nn.Module):
             matched += 1
         if matched:
             attention = attention / matched
-        return {"hidden": hidden, "attention": attention}
+        parts = {"hidden": hidden, "attention": attention}
+        if self.mlm:
+            masked = batch["labels"] >= 0
+            if masked.any():
+                s_logits, t_logits = out.mlm_logits[masked], target.mlm_logits[masked]
+                t = self.temperature
+                parts["mlm"] = F.cross_entropy(s_logits, batch["labels"][masked])
+                parts["logits"] = t * t * F.kl_div(
+                    F.log_softmax(s_logits / t, -1), F.log_softmax(t_logits / t, -1),
+                    log_target=True, reduction="batchmean")
+            else:  # nothing masked in this batch: zero, still on the graph (DDP needs it)
+                parts["mlm"] = parts["logits"] = out.mlm_logits.sum() * 0
+        return parts
 
 
 def _world() -> tuple[int, int]:
@@ -174,7 +192,7 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     for head in (student.pooler, student.classifier):  # no loss reaches them here
         if head is not None:
             head.requires_grad_(False)
-    module = _Distiller(student, teacher)
+    module = _Distiller(student, teacher, config.temperature)
     model: nn.Module = module
     if world > 1:
         model = nn.parallel.DistributedDataParallel(module)
@@ -203,15 +221,20 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
         maskable = batch["attention_mask"].bool() & ~torch.isin(ids, keep)
         hit = (torch.rand(ids.shape, generator=gen) < config.mask_rate) & maskable
         batch["input_ids"] = torch.where(hit, torch.full_like(ids, mask_id), ids)
+        batch["labels"] = torch.where(hit, ids, torch.full_like(ids, -100))
         return batch
 
     def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             target = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                             output_hidden_states=True, output_attentions=True)
+                             output_hidden_states=True, output_attentions=True,
+                             output_mlm=module.mlm)
         with torch.autocast("cpu", torch.bfloat16, enabled=config.bf16):
             parts = model(batch, target)
-        return config.hidden_weight * parts["hidden"] + config.attention_weight * parts["attention"]
+        loss = config.hidden_weight * parts["hidden"] + config.attention_weight * parts["attention"]
+        if module.mlm:
+            loss = loss + config.mlm_weight * parts["mlm"] + config.logit_weight * parts["logits"]
+        return loss
 
     def evaluate() -> float:
         gen = torch.Generator().manual_seed(config.seed + 1)

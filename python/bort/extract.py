@@ -41,10 +41,10 @@ _SHARED = ("vocab_size", "max_positions", "type_vocab_size", "activation", "laye
 
 def target_arch(source: Arch, layers: int, heads: int, hidden: int, ffn: int) -> Arch:
     """The uniform ⟨D, A, H, I⟩ target for a source (heads of size H / A), with the source's
-    vocabulary, positions, norms, pooler and head."""
+    vocabulary, positions, norms, pooler and heads."""
     target = Arch.uniform(layers, heads, hidden, ffn)
     return replace(target, **{f: getattr(source, f) for f in _SHARED}, pooler=source.pooler,
-                   num_labels=source.num_labels)
+                   num_labels=source.num_labels, mlm_head=source.mlm_head)
 
 
 def magnitude_importance(model: BortModel) -> Importance:
@@ -96,6 +96,8 @@ def extract(source: BortModel, target: Arch, sample_texts: Sequence[str] | None 
         raise ConfigError(f"target hidden {target.hidden} exceeds the source's {src.hidden}")
     if target.pooler and not src.pooler:
         raise ConfigError("the target has a pooler and the source has none")
+    if target.mlm_head and not src.mlm_head:
+        raise ConfigError("the target has an MLM head and the source has none")
     if target.num_labels and target.num_labels != src.num_labels:
         raise ConfigError(f"the target's head has {target.num_labels} labels, the source's "
                           f"{src.num_labels}")
@@ -147,6 +149,12 @@ def extract(source: BortModel, target: Arch, sample_texts: Sequence[str] | None 
     if target.num_labels:
         new["classifier.weight"] = old["classifier.weight"][:, c]
         new["classifier.bias"] = old["classifier.bias"]
+    if target.mlm_head:
+        head = "cls.predictions."
+        new[f"{head}transform.dense.weight"] = old[f"{head}transform.dense.weight"][c][:, c]
+        for p in ("transform.dense.bias", "transform.LayerNorm.weight", "transform.LayerNorm.bias"):
+            new[f"{head}{p}"] = old[f"{head}{p}"][c]
+        new[f"{head}bias"] = old[f"{head}bias"]
 
     model = BortModel(target, id2label=source.id2label if target.num_labels else None,
                       problem_type=source.problem_type,

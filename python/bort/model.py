@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .arch import Arch, read_config
 from .errors import WeightsError
-from .weights import safetensors_files, to_bort_names
+from .weights import safetensors_files, to_bort_names, to_roberta_head_name
 
 __all__ = ["BortModel", "ModelOutput", "load_weights", "save_file_atomic"]
 
@@ -48,14 +48,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 @dataclass
 class ModelOutput:
     """``last_hidden_state`` (B, S, H); ``pooler_output`` (B, H) when the arch has a pooler;
-    ``logits`` (B, num_labels) with a head; per-layer ``hidden_states`` (embeddings first) and
-    ``attentions`` (B, heads, S, S; None for a layer without attention) when asked for."""
+    ``logits`` (B, num_labels) with a head; per-layer ``hidden_states`` (embeddings first),
+    ``attentions`` (B, heads, S, S; None for a layer without attention) and ``mlm_logits``
+    (B, S, vocab) when asked for."""
 
     last_hidden_state: Tensor
     pooler_output: Tensor | None = None
     logits: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None
     attentions: tuple[Tensor | None, ...] | None = None
+    mlm_logits: Tensor | None = None
 
 
 def _activation(name: str):
@@ -192,6 +194,33 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
+class MLMHead(nn.Module):
+    """transformers' BertLMPredictionHead: dense + activation + LayerNorm, then a decoder tied to
+    the word embeddings, plus a bias per token."""
+
+    def __init__(self, arch: Arch, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = nn.Module()
+        self.transform.dense = nn.Linear(arch.hidden, arch.hidden)
+        self.transform.LayerNorm = nn.LayerNorm(arch.hidden, eps=arch.layer_norm_eps)
+        self.act = _activation(arch.activation)
+        self.bias = nn.Parameter(torch.zeros(arch.vocab_size))
+        self.word_embeddings = [word_embeddings]  # a list: shared, not a submodule
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        # (B, S, H) -> (B, S, vocab)
+        x = self.transform.LayerNorm(self.act(self.transform.dense(hidden_states)))
+        return F.linear(x, self.word_embeddings[0].weight, self.bias)
+
+
+class MLMHeads(nn.Module):
+    """Holds ``predictions`` so that tensor names read ``cls.predictions.*`` as in transformers."""
+
+    def __init__(self, arch: Arch, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = MLMHead(arch, word_embeddings)
+
+
 class BortModel(nn.Module):
     """A BERT/RoBERTa encoder of any `Arch`, with optional pooler and classification head.
 
@@ -215,6 +244,7 @@ class BortModel(nn.Module):
             self.classifier = nn.Linear(arch.hidden, arch.num_labels)
         else:
             self.dropout = self.classifier = None
+        self.cls = MLMHeads(arch, self.embeddings.word_embeddings) if arch.mlm_head else None
         labels = id2label or {i: f"LABEL_{i}" for i in range(arch.num_labels)}
         self.id2label = {int(k): str(v) for k, v in labels.items()}
         if arch.num_labels and sorted(self.id2label) != list(range(arch.num_labels)):
@@ -268,7 +298,7 @@ class BortModel(nn.Module):
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None,
                 token_type_ids: Tensor | None = None, *, output_hidden_states: bool = False,
-                output_attentions: bool = False) -> ModelOutput:
+                output_attentions: bool = False, output_mlm: bool = False) -> ModelOutput:
         """Hugging Face semantics: ``input_ids``, ``attention_mask`` (1 = token, 0 = padding) and
         ``token_type_ids``, all (B, S); missing mask = all tokens, missing types = 0."""
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # not while exporting
@@ -293,6 +323,10 @@ class BortModel(nn.Module):
             out.hidden_states = tuple(hidden_states)
         if output_attentions:
             out.attentions = tuple(attentions)
+        if output_mlm:
+            if self.cls is None:
+                raise ValueError("output_mlm needs an MLM head (Arch.mlm_head)")
+            out.mlm_logits = self.cls.predictions(x)
         return out
 
     # ------------------------------------------------------------------ loading
@@ -308,6 +342,8 @@ class BortModel(nn.Module):
         config = read_config(directory)
         arch = Arch.from_config(config, source=str(directory / "config.json"))
         state = to_bort_names(load_weights(directory))
+        if not arch.mlm_head:  # e.g. a BertForPreTraining read as an encoder
+            state = {k: v for k, v in state.items() if not k.startswith("cls.")}
         if arch.pooler and not arch.num_labels and "pooler.dense.weight" not in state:
             arch = replace(arch, pooler=False)  # e.g. sentence-embedding exports without a pooler
         id2label = config.get("id2label") if arch.num_labels else None
@@ -396,19 +432,19 @@ def load_weights(directory: Path) -> dict[str, Tensor]:
 
 def _to_hf_names(state: Mapping[str, Tensor], arch: Arch) -> dict[str, Tensor]:
     """bort's names → what transformers expects for this arch: bare names for a base model;
-    with a head, the encoder under ``bert.`` and BERT's head, or under ``roberta.`` and RoBERTa's
-    head (``classifier.dense`` / ``classifier.out_proj``)."""
-    if not arch.num_labels:
+    with a head, the encoder under ``bert.`` / ``roberta.``, and RoBERTa's head names for
+    RoBERTa models (``classifier.dense`` / ``out_proj``, ``lm_head``)."""
+    if not (arch.num_labels or arch.mlm_head):
         return dict(state)
     out = {}
     roberta = arch.family == "roberta"
     for name, tensor in state.items():
-        if roberta and name.startswith("pooler.dense."):
-            name = name.replace("pooler.dense.", "classifier.dense.")
-        elif roberta and name.startswith("classifier."):
-            name = name.replace("classifier.", "classifier.out_proj.")
-        elif not name.startswith("classifier."):
+        is_head = name.startswith(("classifier.", "cls.")) or (
+            roberta and arch.num_labels and name.startswith("pooler."))
+        if not is_head:
             name = f"{arch.family}.{name}"
+        elif roberta:
+            name = to_roberta_head_name(name)
         out[name] = tensor
     return out
 

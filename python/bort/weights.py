@@ -12,19 +12,26 @@ from typing import Mapping, TypeVar
 
 from .errors import WeightsError
 
-__all__ = ["IGNORED_PREFIXES", "safetensors_files", "safetensors_names", "to_bort_names"]
+__all__ = ["IGNORED_PREFIXES", "safetensors_files", "safetensors_names", "to_bort_names",
+           "to_roberta_head_name"]
 
 T = TypeVar("T")
 
-#: Tensors of Hugging Face checkpoints that are not part of the encoder and are skipped:
-#: the position-id buffer of old checkpoints and pre-training heads (MLM / next sentence).
-IGNORED_PREFIXES = ("embeddings.position_ids", "cls.", "lm_head.")
+#: Tensors of Hugging Face checkpoints that bort does not keep: the position-id buffer of old
+#: checkpoints, the next-sentence head, and MLM decoders (tied to the word embeddings).
+IGNORED_PREFIXES = ("embeddings.position_ids", "cls.seq_relationship.", "cls.predictions.decoder.",
+                    "lm_head.decoder.")
+#: RoBERTa's names for the parts of heads that BERT names otherwise.
+_ROBERTA_HEADS = {"classifier.dense.": "pooler.dense.", "classifier.out_proj.": "classifier.",
+                  "lm_head.dense.": "cls.predictions.transform.dense.",
+                  "lm_head.layer_norm.": "cls.predictions.transform.LayerNorm.",
+                  "lm_head.bias": "cls.predictions.bias"}
 
 
 def to_bort_names(state: Mapping[str, T]) -> dict[str, T]:
-    """Hugging Face names → bort's: strip the base-model prefix, skip pre-training heads and
-    buffers, and read a RoBERTa classification head (dense + tanh, out_proj) as pooler + classifier.
-    """
+    """Hugging Face names → bort's: strip the base-model prefix, skip what bort does not keep,
+    and read RoBERTa's heads (classification: dense + tanh, out_proj; MLM: lm_head) under BERT's
+    names (pooler + classifier; cls.predictions)."""
     out: dict[str, T] = {}
     for name, tensor in state.items():
         for prefix in ("bert.", "roberta.", "model."):
@@ -33,10 +40,20 @@ def to_bort_names(state: Mapping[str, T]) -> dict[str, T]:
                 break
         if name.startswith(IGNORED_PREFIXES):
             continue
-        name = (name.replace("classifier.dense.", "pooler.dense.")
-                    .replace("classifier.out_proj.", "classifier."))
+        for roberta, bert in _ROBERTA_HEADS.items():
+            if name.startswith(roberta):
+                name = bert + name[len(roberta):]
+                break
         out[name] = tensor
     return out
+
+
+def to_roberta_head_name(name: str) -> str:
+    """The inverse of the head renaming of `to_bort_names`, for saving RoBERTa models."""
+    for roberta, bert in _ROBERTA_HEADS.items():
+        if name.startswith(bert):
+            return roberta + name[len(bert):]
+    return name
 
 
 def safetensors_files(directory: Path) -> list[Path] | None:
