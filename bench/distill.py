@@ -38,7 +38,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     teacher = BortModel.from_pretrained(default_source())
     corpus = Corpus(default_corpus(), held_out=0.002)
-    imp = importance(teacher, corpus.train[:64])
+    imp = importance(teacher, corpus.head(64))
     target = target_arch(teacher.arch, 3, 12, 384, 768)
     config = DistillConfig(steps=args.steps, batch_size=16, seq_len=64, lr=5e-4,
                            eval_every=args.eval_every, checkpoint_every=args.steps + 1)

@@ -138,7 +138,8 @@ def test_default_corpus_is_built_from_the_installed_packages(tmp_path) -> None:
     assert words["shakespeare.txt"] > 500_000
     assert "<br" not in files[0].read_text()[:100_000]
     corpus = Corpus(files)
-    assert len(corpus.eval) > 100
+    assert len(corpus.eval) > 100 and corpus.n_train > 80_000
+    assert len(corpus.batch(3, 16, seed=0)) == 16 and corpus.head(2)[0]
     assert default_corpus(tmp_path) == files  # built once, then reused
 
 
@@ -183,3 +184,9 @@ def test_masked_lm_terms_with_an_mlm_teacher(minilm_dir, corpus, tmp_path) -> No
           f"{np.mean(train[:4]):.3f} -> {np.mean(train[-4:]):.3f}")
     assert with_mlm["eval_loss"][0][1] > without["eval_loss"][0][1] + 0.5  # 0.1 · ln(30522) ≈ 1
     assert np.mean(train[-4:]) < np.mean(train[:4])
+
+
+def test_bf16_autocast_runs(teacher, corpus, tmp_path) -> None:
+    result = distill(teacher, student_of(teacher), corpus, tmp_path / "run",
+                     replace(CONFIG, steps=2, bf16=True), progress=False, log=None)
+    assert all(np.isfinite(loss) for _, loss in result["train_loss"])

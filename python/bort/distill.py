@@ -69,32 +69,59 @@ class DistillConfig:
 
 
 class Corpus:
-    """Plain-text files, one document per line; the last ``held_out`` share of the lines (at
-    least one) is kept aside for evaluation. Lines are read into memory once."""
+    """Plain-text files, one document per line, read lazily: one pass indexes where each
+    non-empty line starts, and a step reads only its own lines. The last ``held_out`` share of
+    the lines (at least one) is kept aside for evaluation.
+
+    Example:
+        >>> corpus = Corpus(["wiki.txt", "books.txt"])            # doctest: +SKIP
+        >>> corpus.batch(step=0, size=32, seed=0)[:1]              # doctest: +SKIP
+    """
 
     def __init__(self, files: Sequence[str | Path], held_out: float = 0.01):
         if not files:
             raise ConfigError("no corpus files given")
-        lines: list[str] = []
-        for f in map(Path, files):
+        self.files = [Path(f) for f in files]
+        where: list[np.ndarray] = []
+        for n, f in enumerate(self.files):
             if not f.is_file():
                 raise FileNotFoundError(f"corpus file not found: {f}")
-            text = f.read_text(encoding="utf-8", errors="replace")
-            lines += [t.strip() for t in text.splitlines() if t.strip()]
-        if len(lines) < 2:
-            raise ConfigError(f"the corpus ({', '.join(map(str, files))}) has {len(lines)} "
-                              "non-empty lines; distillation needs text")
-        n_eval = max(1, int(len(lines) * held_out))
-        self.train, self.eval = lines[:-n_eval], lines[-n_eval:]
+            starts, offset = [], 0
+            with open(f, "rb") as fh:
+                for line in fh:
+                    if line.strip():
+                        starts.append(offset)
+                    offset += len(line)
+            where.append(np.stack([np.full(len(starts), n), np.array(starts, dtype=np.int64)], 1)
+                         if starts else np.zeros((0, 2), dtype=np.int64))
+        self._lines = np.concatenate(where)  # (lines, 2): file index, byte offset
+        if len(self._lines) < 2:
+            raise ConfigError(f"the corpus ({', '.join(map(str, files))}) has "
+                              f"{len(self._lines)} non-empty lines; distillation needs text")
+        n_eval = max(1, int(len(self._lines) * held_out))
+        self.n_train = len(self._lines) - n_eval
+        self.eval = [self._read(i) for i in range(self.n_train, len(self._lines))]
+        self._perm: tuple[tuple[int, int], np.ndarray] | None = None
+
+    def _read(self, i: int) -> str:
+        n, offset = self._lines[i]
+        with open(self.files[n], "rb") as fh:
+            fh.seek(int(offset))
+            return fh.readline().decode("utf-8", errors="replace").strip()
+
+    def head(self, n: int) -> list[str]:
+        """The first ``n`` training lines (e.g. sample text for importance)."""
+        return [self._read(i) for i in range(min(n, self.n_train))]
 
     def batch(self, step: int, size: int, seed: int) -> list[str]:
         """The texts of one step: epochs of a seeded permutation, so any step can be rebuilt."""
-        n = len(self.train)
         out = []
         for k in range(step * size, (step + 1) * size):
-            epoch, i = divmod(k, n)
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            out.append(self.train[order[i]])
+            epoch, i = divmod(k, self.n_train)
+            if self._perm is None or self._perm[0] != (seed, epoch):
+                order = np.random.default_rng([seed, epoch]).permutation(self.n_train)
+                self._perm = ((seed, epoch), order)
+            out.append(self._read(int(self._perm[1][i])))
         return out
 
 
