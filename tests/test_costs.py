@@ -11,17 +11,9 @@ from bort.costs import cost, importance, measure_latency
 from bort.model import BortModel
 from bort.search import LayerwiseSpace, frontier
 from bort.tokenize import encode, load_tokenizer
+from conftest import SAMPLE
 
-TEXTS = [
-    "the movie was wonderful and moving from start to finish",
-    "a dull, lifeless plot with no surprises at all",
-    "paris is the capital and largest city of france",
-    "stocks fell sharply on tuesday after the quarterly report",
-    "she played the violin at the concert last night",
-    "the committee will publish its findings next spring",
-    "heavy rain caused flooding across the northern valleys",
-    "this recipe needs two eggs, flour and a pinch of salt",
-]
+TEXTS = SAMPLE[:8]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from bort import ConfigError
 from bort.distill import Corpus, DistillConfig, distill
 from bort.extract import extract, target_arch
 from bort.model import BortModel
-from test_extract import HELD_OUT, SAMPLE
+from conftest import HELD_OUT, SAMPLE
 
 CONFIG = DistillConfig(steps=6, batch_size=4, seq_len=24, eval_every=3, checkpoint_every=3,
                        eval_sequences=8, lr=5e-4)

@@ -15,32 +15,7 @@ from bort import Arch, ConfigError
 from bort.extract import extract, magnitude_importance, target_arch
 from bort.model import BortModel
 from bort.tokenize import encode, load_tokenizer
-
-SAMPLE = [
-    "the movie was wonderful and moving from start to finish",
-    "a dull, lifeless plot with no surprises at all",
-    "paris is the capital and largest city of france",
-    "stocks fell sharply on tuesday after the quarterly report",
-    "she played the violin at the concert last night",
-    "the committee will publish its findings next spring",
-    "heavy rain caused flooding across the northern valleys",
-    "this recipe needs two eggs, flour and a pinch of salt",
-    "the spacecraft entered orbit around mars after a seven month journey",
-    "he apologised for the delay and promised a refund",
-    "children gathered in the square to watch the parade",
-    "the new law takes effect at the start of next year",
-]
-HELD_OUT = [
-    "the orchestra rehearsed the symphony for weeks",
-    "a small bakery opened on the corner of our street",
-    "researchers found a link between sleep and memory",
-    "the striker scored twice in the second half",
-    "traffic was slow because of the roadworks downtown",
-    "her novel explores grief, love and forgiveness",
-    "the museum will close for renovation in march",
-    "farmers worry about the long dry summer",
-]
-
+from conftest import HELD_OUT, SAMPLE
 
 @pytest.fixture(scope="module")
 def source(minilm_dir) -> BortModel:

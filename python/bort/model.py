@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from .arch import Arch, read_config
 from .errors import WeightsError
-from .weights import safetensors_files, to_bort_names, to_roberta_head_name
+from .weights import read_safetensors, safetensors_files, to_bort_names, to_roberta_head_name
 
 __all__ = ["BortModel", "ModelOutput", "load_weights", "save_file_atomic"]
 
@@ -406,8 +406,6 @@ class BortModel(nn.Module):
 def load_weights(directory: Path) -> dict[str, Tensor]:
     """All tensors of a model directory: safetensors (single or sharded), else pytorch_model.bin
     through ``torch.load(weights_only=True)`` (never plain pickle)."""
-    from safetensors.torch import load_file
-
     files = safetensors_files(directory)
     if files is None:
         path = directory / "pytorch_model.bin"
@@ -421,13 +419,7 @@ def load_weights(directory: Path) -> dict[str, Tensor]:
         if not isinstance(state, dict):
             raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
         return state
-    state: dict[str, Tensor] = {}
-    for path in files:
-        try:
-            state.update(load_file(str(path)))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
-    return state
+    return read_safetensors(files, "pt")
 
 
 def _to_hf_names(state: Mapping[str, Tensor], arch: Arch) -> dict[str, Tensor]:

@@ -24,7 +24,7 @@ from . import _core
 from .arch import Arch, read_config
 from .errors import BortError, WeightsError
 from .tokenize import encode as tokenize, load_tokenizer
-from .weights import safetensors_files, to_bort_names
+from .weights import read_safetensors, safetensors_files, to_bort_names
 
 __all__ = ["DTYPES", "Classifier", "Encoder", "Prediction"]
 
@@ -39,24 +39,15 @@ def _default_threads() -> int:
 
 
 def _load_numpy(directory: Path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
     files = safetensors_files(directory)
     if files is None:
         if (directory / "pytorch_model.bin").is_file():
             raise WeightsError(f"{directory} holds only pytorch_model.bin, which needs torch to "
-                               "read;"
-                               " save it as safetensors first (bort.model.BortModel.from_pretrained"
-                               "(dir).save_pretrained(out))")
+                               "read; save it as safetensors first (bort.model.BortModel."
+                               "from_pretrained(dir).save_pretrained(out))")
         raise FileNotFoundError(f"no weights in {directory} (model.safetensors or "
                                 "model.safetensors.index.json)")
-    state: dict[str, np.ndarray] = {}
-    for path in files:
-        try:
-            state.update(load_file(str(path)))
-        except Exception as e:  # safetensors raises its own error types for corrupt files
-            raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
-    return state
+    return read_safetensors(files, "numpy")
 
 
 class Encoder:

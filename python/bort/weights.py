@@ -12,8 +12,8 @@ from typing import Mapping, TypeVar
 
 from .errors import WeightsError
 
-__all__ = ["IGNORED_PREFIXES", "safetensors_files", "safetensors_names", "to_bort_names",
-           "to_roberta_head_name"]
+__all__ = ["IGNORED_PREFIXES", "read_safetensors", "safetensors_files", "safetensors_names",
+           "to_bort_names", "to_roberta_head_name"]
 
 T = TypeVar("T")
 
@@ -91,3 +91,19 @@ def safetensors_names(directory: Path) -> list[str] | None:
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
     return names
+
+
+def read_safetensors(files: list[Path], framework: str = "numpy") -> dict:
+    """All tensors of the files, as numpy arrays ("numpy") or torch tensors ("pt"); a corrupt or
+    truncated file raises WeightsError naming it."""
+    if framework == "pt":
+        from safetensors.torch import load_file
+    else:
+        from safetensors.numpy import load_file
+    state: dict = {}
+    for path in files:
+        try:
+            state.update(load_file(str(path)))
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise WeightsError(f"{path}: unreadable safetensors file ({e})") from None
+    return state
