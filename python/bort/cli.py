@@ -148,6 +148,97 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    import torch
+
+    from .costs import importance, measure_latency
+    from .data import default_corpus
+    from .distill import Corpus
+    from .model import BortModel
+    from .search import LayerwiseSpace, UniformSpace, optimal_subarchitecture
+    from .space import ROBERTA_LARGE
+
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        source = BortModel.from_pretrained(_source(args.source))
+        corpus = Corpus(args.corpus or default_corpus())
+        imp = importance(source, corpus.head(64))
+        arch = source.arch
+        if args.space == "layerwise":
+            space = LayerwiseSpace.from_source(arch)
+        elif args.space == "uniform":
+            first = arch.layers[0]
+            space = UniformSpace(range(1, len(arch.layers) + 1),
+                                 [h for h in (1, 2, 4, 6, 8, 12, 16) if h <= first.heads],
+                                 sorted({arch.hidden // 2, arch.hidden * 3 // 4, arch.hidden}),
+                                 sorted({first.ffn // 4, first.ffn // 2, first.ffn}), base=arch)
+        else:
+            if arch.hidden < ROBERTA_LARGE.hidden or len(arch.layers) < 12:
+                raise ValueError("--space bort needs a source at least as large as its grid "
+                                 "(12 layers, 16 heads, hidden 1024, FFN 3072)")
+            space = UniformSpace.bort(base=arch)
+        options = {}
+        if args.cost == "latency":
+            heads = sorted({h for x in arch.layers for h in range(0, x.heads + 1)})
+            ffns = sorted({f for x in arch.layers for f in range(0, x.ffn + 1, 64)} |
+                          {x.ffn for x in arch.layers})
+            options["table"] = measure_latency(arch, [arch.hidden], heads, ffns)
+        result = optimal_subarchitecture(
+            source, space, corpus, importance=imp, epsilon=args.epsilon, cost=args.cost,
+            representatives_count=args.representatives, steps=args.steps,
+            max_params=args.max_params, max_latency_ms=args.max_latency_ms,
+            min_speedup=args.min_speedup, out=args.out, **options)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    if torch.distributed.is_available() and distributed and torch.distributed.get_rank() != 0:
+        return 0
+    unit = "ms" if args.cost == "latency" else "FLOPs"
+    print(f"{'':2}{'architecture':60} {'params':>12} {unit:>12} {'error':>8} {'W':>8}")
+    for x in result.evaluated:
+        mark = "*" if x is result.optimum else " "
+        print(f"{mark} {x.arch.describe()[:60]:60} {x.params:>12,} {x.cost:>12.4g} "
+              f"{x.error:>8.4f} {x.w:>8.4f}")
+    print(f"source: {result.maximum.params:,} parameters, {result.maximum.cost:.4g} {unit}; "
+          f"{len(result.candidates)} candidates in the table; "
+          f"{result.seconds / 60:.1f} min (predicted {result.predicted_seconds / 60:.1f})")
+    _plot_front(result, args.out / "front.png", unit, args)
+    print(f"wrote {args.out / 'front.json'} and {args.out / 'front.png'}")
+    return 0
+
+
+def _plot_front(result, path: Path, unit: str, args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([c.params / 1e6 for c in result.candidates], [c.cost for c in result.candidates],
+               s=6, color="lightgray", label="frontier table")
+    points = ax.scatter([x.params / 1e6 for x in result.evaluated],
+                        [x.cost for x in result.evaluated],
+                        c=[x.error for x in result.evaluated], cmap="viridis", s=40,
+                        label="representatives")
+    fig.colorbar(points, label="surrogate error")
+    if result.optimum:
+        ax.scatter([result.optimum.params / 1e6], [result.optimum.cost], marker="*", s=250,
+                   color="red", label="optimum (max W)")
+    ax.scatter([result.maximum.params / 1e6], [result.maximum.cost], marker="s", color="black",
+               label="source")
+    if args.max_params:
+        ax.axvline(args.max_params / 1e6, color="red", linestyle="--", linewidth=0.8)
+    if args.max_latency_ms:
+        ax.axhline(args.max_latency_ms, color="red", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel(unit)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="bort", description="Optimal sub-architecture extraction for BERT-family encoders.")
@@ -196,6 +287,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_distill.add_argument("--resume", action="store_true",
                            help="continue from the newest checkpoint under --out")
 
+    p_search = commands.add_parser("search", help="the Bort search: frontier table, surrogate "
+                                   "error by short distillation, W-coefficient")
+    p_search.add_argument("source", nargs="?", help="source model (default: all-MiniLM-L6-v2)")
+    p_search.add_argument("--space", choices=["layerwise", "uniform", "bort"], default="layerwise")
+    p_search.add_argument("--cost", choices=["flops", "latency"], default="flops")
+    p_search.add_argument("--epsilon", type=float, default=0.01)
+    p_search.add_argument("--representatives", type=int, default=8)
+    p_search.add_argument("--steps", type=int, default=50, help="distillation steps per candidate")
+    p_search.add_argument("--max-params", type=int)
+    p_search.add_argument("--max-latency-ms", type=float)
+    p_search.add_argument("--min-speedup", type=float)
+    p_search.add_argument("--corpus", nargs="+", type=Path,
+                          help="text files (default: bort's default corpus)")
+    p_search.add_argument("--out", type=Path, default=Path("runs/search"))
+
     p_bench = commands.add_parser("bench", help="latency of a model: bort vs torch, ONNX Runtime, "
                                   "OpenVINO (whichever are installed)")
     p_bench.add_argument("model", nargs="?", help="model directory (default: all-MiniLM-L6-v2)")
@@ -228,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _extract(args)
         elif args.command == "distill":
             return _distill(args)
+        elif args.command == "search":
+            return _search(args)
     except (BortError, OSError, ValueError) as e:
         print(f"bort {args.command}: error: {e}", file=sys.stderr)
         return 1

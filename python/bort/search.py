@@ -21,9 +21,12 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
-from typing import Any
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -34,7 +37,9 @@ from .costs import COST_KINDS, Importance, base_cost, cost, error_proxy, layer_c
 from .errors import ConfigError
 from .space import LayerwiseSpace, UniformSpace
 
-__all__ = ["Candidate", "LayerwiseSpace", "UniformSpace", "cost", "error_proxy", "frontier"]
+__all__ = ["Candidate", "Evaluated", "LayerwiseSpace", "SearchResult", "UniformSpace", "cost",
+           "error_proxy", "frontier", "optimal_subarchitecture", "representatives",
+           "w_coefficient"]
 
 #: The most states the table keeps after any layer (and the largest exact front, ε = 0).
 MAX_STATES = 2_000_000
@@ -126,3 +131,160 @@ def _layerwise(space: LayerwiseSpace, epsilon: float, kind: str, importance: Imp
             costs.append(cc)
             errors.append(ee)
     return archs, np.array(costs), np.array(errors)
+
+
+# ---------------------------------------------------------------------- the driver
+@dataclass(frozen=True)
+class Evaluated:
+    """A representative after its short distillation run: ``error`` is the surrogate (held-out
+    distillation loss), ``w`` its W-coefficient."""
+
+    arch: Arch
+    params: int
+    cost: float
+    error_proxy: float
+    error: float
+    w: float
+
+
+@dataclass
+class SearchResult:
+    """The evaluated representatives by increasing (params, cost), the optimum (largest W that
+    meets the constraints), the maximum point T and the candidates the table returned."""
+
+    evaluated: list[Evaluated]
+    optimum: Evaluated | None
+    maximum: Candidate
+    candidates: list[Candidate] = field(default_factory=list)
+    predicted_seconds: float = 0.0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        def row(x):
+            return {**{k: v for k, v in asdict(x).items() if k != "arch"},
+                    "arch": x.arch.to_config(), "describe": x.arch.describe()}
+
+        return {"maximum": row(self.maximum),
+                "optimum": row(self.optimum) if self.optimum else None,
+                "evaluated": [row(x) for x in self.evaluated],
+                "candidates": [row(x) for x in self.candidates],
+                "predicted_seconds": self.predicted_seconds, "seconds": self.seconds}
+
+
+def w_coefficient(params: float, cost: float, error: float, max_params: float,
+                  max_cost: float) -> float:
+    """W = ((p(T) − p)/p(T)) · ((i(T) − i)/i(T)) / e: the share of parameters and of inference cost
+    saved, per unit of error (BORT_NOTES §1; our reading of the paper)."""
+    if error <= 0:
+        raise ValueError(f"the surrogate error must be positive, got {error}")
+    return (max_params - params) / max_params * (max_cost - cost) / max_cost / error
+
+
+def representatives(candidates: Sequence[Candidate], count: int) -> list[Candidate]:
+    """Order the candidates by (params, cost), cut them into ``count`` intervals of equal size and
+    take the middle one of each (the paper's intervals of the ordered space)."""
+    if count < 1:
+        raise ValueError(f"representatives must be >= 1, got {count}")
+    ordered = sorted(candidates, key=lambda c: (c.params, c.cost))
+    if len(ordered) <= count:
+        return ordered
+    bounds = [round(k * len(ordered) / count) for k in range(count + 1)]
+    return [ordered[(lo + hi - 1) // 2] for lo, hi in zip(bounds, bounds[1:])]
+
+
+def _key(arch: Arch) -> str:
+    return json.dumps(arch.to_config(), sort_keys=True)
+
+
+def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, corpus: Any, *,
+                            importance: Importance, epsilon: float = 0.01, cost: str = "flops",
+                            representatives_count: int = 8, steps: int = 50, seed: int = 0,
+                            max_params: int | None = None, max_latency_ms: float | None = None,
+                            min_speedup: float | None = None, out: str | Path | None = None,
+                            log: Callable[[str], None] | None = print,
+                            **cost_options: Any) -> SearchResult:
+    """The Bort search: the frontier table's candidates (or the whole uniform grid) → ordered by
+    (p, i) → one representative per interval → surrogate error by a short distillation against
+    the source (the maximum point T) → W-coefficient → the optimum meeting the constraints.
+
+    ``max_latency_ms`` needs ``cost="latency"`` (and its ``table``); ``min_speedup`` bounds
+    i(T)/i. Under torchrun the representatives are shared out across ranks. With ``out``,
+    results are appended to ``out/evaluated.jsonl`` as they finish and a rerun skips them.
+    """
+    import torch
+
+    from .distill import surrogate_error
+
+    if max_latency_ms is not None and cost != "latency":
+        raise ValueError("max_latency_ms needs cost='latency' (with its LatencyTable)")
+    start = time.perf_counter()
+    arch_t = source.arch
+    maximum = Candidate(arch_t, arch_t.params().total, _costs.cost(arch_t, cost, **cost_options),
+                        0.0)
+    candidates = frontier(space, epsilon, cost, importance, **cost_options)
+
+    def allowed(c: Candidate) -> bool:
+        return ((max_params is None or c.params <= max_params)
+                and (max_latency_ms is None or c.cost <= max_latency_ms)
+                and (min_speedup is None or c.cost * min_speedup <= maximum.cost))
+
+    pool = [c for c in candidates if allowed(c) and c.arch.depth > 0]
+    if not pool:
+        raise ConfigError("no candidate meets the constraints (max_params, max_latency_ms, "
+                          "min_speedup)")
+    chosen = representatives(pool, representatives_count)
+
+    dist = torch.distributed
+    rank, world = ((dist.get_rank(), dist.get_world_size())
+                   if dist.is_available() and dist.is_initialized() else (0, 1))
+    done: dict[str, float] = {}
+    path = Path(out) / "evaluated.jsonl" if out else None
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for f in sorted(path.parent.glob("evaluated*.jsonl")):
+            for line in f.read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    done[row["key"]] = row["error"]
+    todo = [c for c in chosen if _key(c.arch) not in done]
+    # Predicted time: a surrogate run is a fixed part (extraction, evaluation, saving) plus
+    # steps × a step time that grows with the candidate's cost; two short runs of the costliest
+    # candidate measure both, and the step time is scaled by cost for the others.
+    predicted = 0.0
+    if todo:
+        big = max(todo, key=lambda c: c.cost)
+        timed = []
+        for n in (1, 2):
+            t = time.perf_counter()
+            surrogate_error(big.arch, source, corpus, n, seed, importance=importance)
+            timed.append(time.perf_counter() - t)
+        step = max(timed[1] - timed[0], 1e-3)
+        fixed = max(timed[0] - step, 0.0)
+        predicted = sum(fixed + steps * step * c.cost / big.cost for c in todo) / world
+        if log and rank == 0:
+            log(f"{len(todo)} representatives × {steps} steps on {world} process(es): "
+                f"expected {predicted / 60:.1f} min")
+    mine = [c for i, c in enumerate(todo) if i % world == rank]
+    own = path.with_name(f"evaluated.rank{rank}.jsonl") if path and world > 1 else path
+    for n, c in enumerate(mine):
+        error = surrogate_error(c.arch, source, corpus, steps, seed, importance=importance)
+        done[_key(c.arch)] = error
+        if own:
+            with open(own, "a") as f:
+                f.write(json.dumps({"key": _key(c.arch), "error": error}) + "\n")
+        if log and rank == 0:
+            log(f"[{n + 1}/{len(mine)}] {c.arch.describe()}: surrogate error {error:.4f}")
+    if world > 1:  # everyone learns everyone's errors
+        gathered: list[dict[str, float]] = [{} for _ in range(world)]
+        dist.all_gather_object(gathered, done)
+        for d in gathered:
+            done.update(d)
+    evaluated = [Evaluated(c.arch, c.params, c.cost, c.error_proxy, done[_key(c.arch)],
+                           w_coefficient(c.params, c.cost, done[_key(c.arch)], maximum.params,
+                                         maximum.cost)) for c in chosen]
+    optimum = max(evaluated, key=lambda x: x.w) if evaluated else None
+    result = SearchResult(evaluated, optimum, maximum, candidates, predicted,
+                          time.perf_counter() - start)
+    if out and rank == 0:
+        (Path(out) / "front.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result
