@@ -83,3 +83,27 @@ def test_search_command(minilm_dir, tmp_path) -> None:
     assert "*" in out.stdout and "predicted" in out.stdout
     assert (tmp_path / "run" / "front.json").is_file()
     assert (tmp_path / "run" / "front.png").is_file()
+
+
+def test_two_ranks_give_the_same_search(minilm_dir, tmp_path) -> None:
+    """torchrun shares the representatives out across 2 processes: same candidates, same
+    optimum, errors within float tolerance (thread counts differ between the runs)."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(SAMPLE * 2 + HELD_OUT))
+    bort = str(Path(sys.executable).with_name("bort"))
+    args = ["search", str(minilm_dir), "--corpus", str(corpus), "--representatives", "3",
+            "--steps", "2", "--epsilon", "0.2"]
+    one = subprocess.run([bort, *args, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29519", bort, *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((tmp_path / "one" / "front.json").read_text())
+    b = json.loads((tmp_path / "two" / "front.json").read_text())
+    assert [x["describe"] for x in a["evaluated"]] == [x["describe"] for x in b["evaluated"]]
+    assert a["optimum"]["describe"] == b["optimum"]["describe"]
+    for x, y in zip(a["evaluated"], b["evaluated"]):
+        assert x["error"] == pytest.approx(y["error"], rel=1e-3)
+    assert len(list((tmp_path / "two").glob("evaluated.rank*.jsonl"))) == 2

@@ -159,8 +159,10 @@ def _search(args: argparse.Namespace) -> int:
     from .space import ROBERTA_LARGE
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    rank = 0
     if distributed:
         torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        rank = torch.distributed.get_rank()
     try:
         source = BortModel.from_pretrained(_source(args.source))
         corpus = Corpus(args.corpus or default_corpus())
@@ -193,7 +195,7 @@ def _search(args: argparse.Namespace) -> int:
     finally:
         if distributed:
             torch.distributed.destroy_process_group()
-    if torch.distributed.is_available() and distributed and torch.distributed.get_rank() != 0:
+    if rank != 0:
         return 0
     unit = "ms" if args.cost == "latency" else "FLOPs"
     print(f"{'':2}{'architecture':60} {'params':>12} {unit:>12} {'error':>8} {'W':>8}")

@@ -187,11 +187,13 @@ def _world() -> tuple[int, int]:
 
 def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | Path,
             config: DistillConfig | None = None, *, resume: bool = False,
-            log: Callable[[str], None] | None = print, progress: bool = True) -> dict:
+            log: Callable[[str], None] | None = print, progress: bool = True,
+            distributed: bool = True) -> dict:
     """Train ``student`` towards ``teacher`` on ``corpus``; checkpoints and the final student go
     under ``out``. Returns {"step", "train_loss", "eval_loss": [(step, loss), ...]}.
 
-    Raises ConfigError when the two models do not read the same tokens (vocabulary, positions).
+    ``distributed=False`` trains in this process alone even under torchrun (the search runs one
+    candidate per rank). Raises ConfigError when the two models do not read the same tokens.
     """
     config = config or DistillConfig()
     for f in ("vocab_size", "type_vocab_size", "position_style", "pad_token_id"):
@@ -202,7 +204,7 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     if teacher.source_dir is None:
         raise BortError("the teacher has no tokenizer: load it with BortModel.from_pretrained")
     out = Path(out)
-    rank, world = _world()
+    rank, world = _world() if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
     tokenizer = load_tokenizer(teacher.source_dir, config.seq_len)
@@ -341,5 +343,6 @@ def surrogate_error(arch, teacher: BortModel, corpus: Corpus, steps: int, seed: 
     config = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
                            eval_every=steps, checkpoint_every=steps + 1, seed=seed)
     with tempfile.TemporaryDirectory() as run:
-        result = distill(teacher, student, corpus, run, config, log=None, progress=False)
+        result = distill(teacher, student, corpus, run, config, log=None, progress=False,
+                         distributed=False)
     return float(result["eval_loss"][-1][1])
