@@ -204,8 +204,9 @@ def _search(args: argparse.Namespace) -> int:
         print(f"{mark} {x.arch.describe()[:60]:60} {x.params:>12,} {x.cost:>12.4g} "
               f"{x.error:>8.4f} {x.w:>8.4f}")
     print(f"source: {result.maximum.params:,} parameters, {result.maximum.cost:.4g} {unit}; "
-          f"{len(result.candidates)} candidates in the table; "
-          f"{result.seconds / 60:.1f} min (predicted {result.predicted_seconds / 60:.1f})")
+          f"{len(result.candidates)} candidates in the table")
+    print(f"evaluation took {result.evaluation_seconds / 60:.2f} min (predicted "
+          f"{result.predicted_seconds / 60:.2f}); the whole search {result.seconds / 60:.2f} min")
     _plot_front(result, args.out / "front.png", unit, args)
     print(f"wrote {args.out / 'front.json'} and {args.out / 'front.png'}")
     return 0

@@ -156,8 +156,9 @@ class SearchResult:
     optimum: Evaluated | None
     maximum: Candidate
     candidates: list[Candidate] = field(default_factory=list)
-    predicted_seconds: float = 0.0
-    seconds: float = 0.0
+    predicted_seconds: float = 0.0  # the evaluation phase, as predicted before it started
+    evaluation_seconds: float = 0.0  # ... and as it took
+    seconds: float = 0.0  # the whole call
 
     def to_json(self) -> dict[str, Any]:
         def row(x):
@@ -168,7 +169,8 @@ class SearchResult:
                 "optimum": row(self.optimum) if self.optimum else None,
                 "evaluated": [row(x) for x in self.evaluated],
                 "candidates": [row(x) for x in self.candidates],
-                "predicted_seconds": self.predicted_seconds, "seconds": self.seconds}
+                "predicted_seconds": self.predicted_seconds,
+                "evaluation_seconds": self.evaluation_seconds, "seconds": self.seconds}
 
 
 def w_coefficient(params: float, cost: float, error: float, max_params: float,
@@ -248,22 +250,34 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
                     done[row["key"]] = row["error"]
     todo = [c for c in chosen if _key(c.arch) not in done]
     # Predicted time: a surrogate run is a fixed part (extraction, evaluation, saving) plus
-    # steps × a step time that grows with the candidate's cost; two short runs of the costliest
-    # candidate measure both, and the step time is scaled by cost for the others.
+    # steps × a step time (the teacher's forward and the student's forward and backward). Runs of
+    # 1 and 4 steps on the cheapest and the costliest candidate measure both (the first step
+    # carries one-time costs, so the step time is the mean of steps 2-4); candidates in between
+    # are interpolated by cost.
     predicted = 0.0
     if todo:
-        big = max(todo, key=lambda c: c.cost)
-        timed = []
-        for n in (1, 2):
-            t = time.perf_counter()
-            surrogate_error(big.arch, source, corpus, n, seed, importance=importance)
-            timed.append(time.perf_counter() - t)
-        step = max(timed[1] - timed[0], 1e-3)
-        fixed = max(timed[0] - step, 0.0)
-        predicted = sum(fixed + steps * step * c.cost / big.cost for c in todo) / world
+        ends = sorted({min(todo, key=lambda c: c.cost), max(todo, key=lambda c: c.cost)},
+                      key=lambda c: c.cost)
+        probes = []
+        for c in ends:
+            timed = []
+            for n in (1, 4):
+                t = time.perf_counter()
+                surrogate_error(c.arch, source, corpus, n, seed, importance=importance)
+                timed.append(time.perf_counter() - t)
+            step = max((timed[1] - timed[0]) / 3, 1e-3)
+            probes.append((c.cost, max(timed[0] - step, 0.0), step))
+        (c0, f0, s0), (c1, f1, s1) = probes[0], probes[-1]
+
+        def seconds(c: Candidate) -> float:
+            a = (c.cost - c0) / (c1 - c0) if c1 > c0 else 0.0
+            return f0 + a * (f1 - f0) + steps * (s0 + a * (s1 - s0))
+
+        predicted = sum(seconds(c) for c in todo) / world
         if log and rank == 0:
             log(f"{len(todo)} representatives × {steps} steps on {world} process(es): "
                 f"expected {predicted / 60:.1f} min")
+    evaluation_start = time.perf_counter()
     mine = [c for i, c in enumerate(todo) if i % world == rank]
     own = path.with_name(f"evaluated.rank{rank}.jsonl") if path and world > 1 else path
     for n, c in enumerate(mine):
@@ -284,7 +298,7 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
                                          maximum.cost)) for c in chosen]
     optimum = max(evaluated, key=lambda x: x.w) if evaluated else None
     result = SearchResult(evaluated, optimum, maximum, candidates, predicted,
-                          time.perf_counter() - start)
+                          time.perf_counter() - evaluation_start, time.perf_counter() - start)
     if out and rank == 0:
         (Path(out) / "front.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
