@@ -251,13 +251,15 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
     todo = [c for c in chosen if _key(c.arch) not in done]
     # Predicted time: a surrogate run is a fixed part (extraction, evaluation, saving) plus
     # steps × a step time (the teacher's forward and the student's forward and backward). Runs of
-    # 1 and 4 steps on the cheapest and the costliest candidate measure both (the first step
-    # carries one-time costs, so the step time is the mean of steps 2-4); candidates in between
-    # are interpolated by cost.
+    # 1 and 4 steps on the cheapest and the costliest candidate measure both (the step time is
+    # the mean of steps 2-4); candidates in between are interpolated by cost.
     predicted = 0.0
     if todo:
         ends = sorted({min(todo, key=lambda c: c.cost), max(todo, key=lambda c: c.cost)},
                       key=lambda c: c.cost)
+        # the first run in a process pays one-time costs (allocator, thread pools, caches):
+        # a discarded warm-up keeps them out of the probes
+        surrogate_error(ends[0].arch, source, corpus, 1, seed, importance=importance)
         probes = []
         for c in ends:
             timed = []
