@@ -161,10 +161,6 @@ void Encoder::release(std::unique_ptr<Arena> arena) const {
   arenas_.push_back(std::move(arena));
 }
 
-namespace {
-
-}  // namespace
-
 Output Encoder::forward(const Batch& in, bool timed) const {
   const Arch& A = arch_;
   const int64_t B = in.batch, S = in.seq, H = A.hidden;

@@ -95,6 +95,7 @@ class Corpus:
             where.append(np.stack([np.full(len(starts), n), np.array(starts, dtype=np.int64)], 1)
                          if starts else np.zeros((0, 2), dtype=np.int64))
         self._lines = np.concatenate(where)  # (lines, 2): file index, byte offset
+        self._handles: dict = {}
         if len(self._lines) < 2:
             raise ConfigError(f"the corpus ({', '.join(map(str, files))}) has "
                               f"{len(self._lines)} non-empty lines; distillation needs text")
@@ -105,9 +106,15 @@ class Corpus:
 
     def _read(self, i: int) -> str:
         n, offset = self._lines[i]
-        with open(self.files[n], "rb") as fh:
-            fh.seek(int(offset))
-            return fh.readline().decode("utf-8", errors="replace").strip()
+        fh = self._handles.get(int(n))
+        if fh is None:  # kept open: a step reads many lines
+            fh = self._handles[int(n)] = open(self.files[n], "rb")  # noqa: SIM115
+        fh.seek(int(offset))
+        return fh.readline().decode("utf-8", errors="replace").strip()
+
+    def __del__(self) -> None:
+        for fh in getattr(self, "_handles", {}).values():
+            fh.close()
 
     def head(self, n: int) -> list[str]:
         """The first ``n`` training lines (e.g. sample text for importance)."""
