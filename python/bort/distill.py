@@ -289,7 +289,7 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
 
         bar = tqdm(total=config.steps, initial=start, desc="distill", unit="step")
     module.train()
-    step = start
+    step = done = start  # done: optimizer steps taken (a Ctrl-C may come after opt.step)
     try:
         if start == 0:
             history["eval_loss"].append((0, evaluate()))
@@ -305,6 +305,7 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
             nn.utils.clip_grad_norm_(module.parameters(), config.clip)
             opt.step()
             sched.step()
+            done = step + 1
             value = loss.detach()
             if world > 1:
                 torch.distributed.all_reduce(value)
@@ -323,10 +324,10 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
                                                         "config": asdict(config)})
         step = config.steps
     except KeyboardInterrupt:
-        save_checkpoint(out / "checkpoints", step, model=module, optimizer=opt, scheduler=sched,
+        save_checkpoint(out / "checkpoints", done, model=module, optimizer=opt, scheduler=sched,
                         extra={"history": history, "config": asdict(config)})
         if log and rank == 0:
-            log(f"interrupted at step {step}: checkpoint written; rerun with resume to go on")
+            log(f"interrupted at step {done}: checkpoint written; rerun with resume to go on")
         raise
     finally:
         if bar is not None:

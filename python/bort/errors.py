@@ -17,3 +17,7 @@ class WeightsError(BortError, ValueError):
 
 class CheckpointError(BortError):
     """A training checkpoint that is missing, incomplete or unreadable."""
+
+
+class DataError(BortError, ValueError):
+    """A task dataset bort cannot use (missing columns, unseen labels, an empty split)."""

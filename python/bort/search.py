@@ -38,7 +38,7 @@ from .errors import ConfigError
 from .space import LayerwiseSpace, UniformSpace
 
 __all__ = ["Candidate", "Evaluated", "LayerwiseSpace", "SearchResult", "UniformSpace", "cost",
-           "error_proxy", "frontier", "optimal_subarchitecture", "representatives",
+           "error_proxy", "frontier", "optimal_subarchitecture", "plot_front", "representatives",
            "w_coefficient"]
 
 #: The most states the table keeps after any layer (and the largest exact front, ε = 0).
@@ -304,3 +304,37 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
     if out and rank == 0:
         (Path(out) / "front.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
     return result
+
+
+def plot_front(result: SearchResult, path: str | Path, unit: str, *,
+               max_params: int | None = None, max_latency_ms: float | None = None) -> None:
+    """The front as a PNG: the table's candidates, the representatives coloured by error, the
+    optimum and the source; dashed lines at the constraints."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter([c.params / 1e6 for c in result.candidates], [c.cost for c in result.candidates],
+               s=6, color="lightgray", label="frontier table")
+    points = ax.scatter([x.params / 1e6 for x in result.evaluated],
+                        [x.cost for x in result.evaluated],
+                        c=[x.error for x in result.evaluated], cmap="viridis", s=40,
+                        label="representatives")
+    fig.colorbar(points, label="surrogate error")
+    if result.optimum:
+        ax.scatter([result.optimum.params / 1e6], [result.optimum.cost], marker="*", s=250,
+                   color="red", label="optimum (max W)")
+    ax.scatter([result.maximum.params / 1e6], [result.maximum.cost], marker="s", color="black",
+               label="source")
+    if max_params:
+        ax.axvline(max_params / 1e6, color="red", linestyle="--", linewidth=0.8)
+    if max_latency_ms:
+        ax.axhline(max_latency_ms, color="red", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("parameters (millions)")
+    ax.set_ylabel(unit)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,100 @@
+"""Task metrics in numpy (torch-free: the runtime's evaluation uses them too).
+
+Classification: accuracy, F1 (the positive class for binary tasks, macro-averaged otherwise) and
+Matthews' correlation (its multi-class form). Regression: Pearson and Spearman correlation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["accuracy", "f1", "mcc", "pearson", "spearman", "classification_metrics",
+           "regression_metrics", "mcnemar"]
+
+
+def _pair(pred, gold) -> tuple[np.ndarray, np.ndarray]:
+    pred, gold = np.asarray(pred), np.asarray(gold)
+    if pred.shape != gold.shape or pred.ndim != 1:
+        raise ValueError(f"predictions {pred.shape} and labels {gold.shape} must be equal 1-D")
+    if len(gold) == 0:
+        raise ValueError("no examples to score")
+    return pred, gold
+
+
+def accuracy(pred, gold) -> float:
+    pred, gold = _pair(pred, gold)
+    return float(np.mean(pred == gold))
+
+
+def f1(pred, gold, num_labels: int = 2) -> float:
+    """F1 of class 1 when ``num_labels == 2``, else the macro average over classes."""
+    pred, gold = _pair(pred, gold)
+    classes = [1] if num_labels == 2 else range(num_labels)
+    scores = []
+    for c in classes:
+        tp = np.sum((pred == c) & (gold == c))
+        denom = np.sum(pred == c) + np.sum(gold == c)
+        scores.append(2 * tp / denom if denom else 0.0)
+    return float(np.mean(scores))
+
+
+def mcc(pred, gold, num_labels: int = 2) -> float:
+    """Matthews' correlation coefficient (Gorodkin's multi-class form); 0 when undefined."""
+    pred, gold = _pair(pred, gold)
+    k = max(num_labels, int(pred.max()) + 1, int(gold.max()) + 1)
+    c = np.zeros((k, k))
+    np.add.at(c, (gold.astype(int), pred.astype(int)), 1)
+    t, p, n, s = c.sum(1), c.sum(0), np.trace(c), c.sum()
+    denom = np.sqrt(s * s - p @ p) * np.sqrt(s * s - t @ t)
+    return float((n * s - t @ p) / denom) if denom else 0.0
+
+
+def pearson(pred, gold) -> float:
+    pred, gold = _pair(pred, gold)
+    a, b = pred - pred.mean(), gold - gold.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / denom) if denom else 0.0
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    return sums[inverse] / counts[inverse]
+
+
+def spearman(pred, gold) -> float:
+    pred, gold = _pair(pred, gold)
+    return pearson(_ranks(pred.astype(float)), _ranks(gold.astype(float)))
+
+
+def classification_metrics(pred, gold, num_labels: int) -> dict[str, float]:
+    return {"accuracy": accuracy(pred, gold), "f1": f1(pred, gold, num_labels),
+            "mcc": mcc(pred, gold, num_labels)}
+
+
+def regression_metrics(pred, gold) -> dict[str, float]:
+    return {"pearson": pearson(pred, gold), "spearman": spearman(pred, gold)}
+
+
+def mcnemar(correct_a, correct_b) -> dict[str, float]:
+    """Exact two-sided McNemar test of two classifiers scored on the same examples.
+
+    ``correct_a``/``correct_b`` are booleans per example. Returns the discordant counts
+    (``a_only``: a right and b wrong, ``b_only``) and the p-value of the binomial test on them.
+    """
+    a, b = _pair(np.asarray(correct_a, bool), np.asarray(correct_b, bool))
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return {"a_only": 0, "b_only": 0, "p_value": 1.0}
+    # P(X <= k) for X ~ Binomial(n, 1/2), in log space so large n does not overflow.
+    from math import lgamma, log, exp
+
+    logs = [lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) - n * log(2) for i in range(k + 1)]
+    top = max(logs)
+    tail = exp(top) * sum(exp(v - top) for v in logs)
+    return {"a_only": a_only, "b_only": b_only, "p_value": float(min(1.0, 2 * tail))}

@@ -1,0 +1,140 @@
+"""Agora's loop on a synthetic task it must solve, its Θ rule, resumption and bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bort.agora import AgoraConfig, agora, prune
+from bort.errors import CheckpointError, ConfigError, DataError
+
+R, r = 2.0, 0.5  # the torus' ring and tube radii
+
+
+def ring(n: int, rng: np.random.Generator, lo: float = 0.0, hi: float = 2 * math.pi):
+    """Points on a torus at ring angle θ ∈ [lo, hi), labelled by the sign of sin 2θ."""
+    theta, phi = rng.uniform(lo, hi, n), rng.uniform(0, 2 * math.pi, n)
+    X = np.stack([(R + r * np.cos(phi)) * np.cos(theta), (R + r * np.cos(phi)) * np.sin(theta),
+                  r * np.sin(phi)], 1).astype(np.float32)
+    return X, (np.sin(2 * theta) > 0).astype(np.int64)
+
+
+def mlp_fit(X: np.ndarray, y: np.ndarray, lr: float, steps: int, seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
+                        nn.Linear(64, 2))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(Xt), yt).backward()
+        opt.step()
+    return net
+
+
+def mlp_predict(net: nn.Module, X: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(X)).argmax(1).numpy()
+
+
+class Torus:
+    """The Problem: an MLP per θ, a teacher fit on the whole ring, Gaussian noise around
+    mistakes."""
+
+    def __init__(self, seed: int = 0, teacher_steps: int = 400):
+        X, y = ring(1500, np.random.default_rng(seed + 100))
+        self.net = mlp_fit(X, y, 1e-2, teacher_steps, seed)
+        self.fits = 0
+
+    def fit(self, theta, X, y, seed):
+        self.fits += 1
+        return mlp_fit(X, y, theta["lr"], theta["steps"], seed)
+
+    def predict(self, model, X):
+        return mlp_predict(model, X)
+
+    def generate(self, X, y, rng):
+        reps = np.repeat(X, 10, axis=0)
+        return (reps + rng.normal(0, 0.3, reps.shape)).astype(np.float32)
+
+    def teacher(self, X):
+        return mlp_predict(self.net, X)
+
+    def save(self, model, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(model, directory / "net.pt")
+
+    def load(self, directory: Path):
+        return torch.load(directory / "net.pt", weights_only=False)
+
+
+THETAS = [{"lr": 1e-2, "steps": 300}, {"lr": 3e-3, "steps": 300}, {"lr": 1e-3, "steps": 300}]
+
+
+def splits(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    train = ring(400, rng, math.pi / 4, 3 * math.pi / 4)  # a quarter of the ring, both classes
+    return train, ring(300, rng), ring(2000, rng)
+
+
+def test_torus_agora_recovers_what_plain_training_cannot(tmp_path):
+    train, dev, test = splits()
+    problem = Torus()
+    assert np.mean(problem.teacher(test[0]) == test[1]) > 0.95
+    plain = agora(problem, THETAS, train, dev, test, AgoraConfig(augment=False), log=None)
+    fits_plain = problem.fits
+    problem.fits = 0
+    full = agora(problem, THETAS, train, dev, test, AgoraConfig(), out=tmp_path, log=None)
+    assert plain.test <= 0.65  # a quarter of the ring says nothing about the rest
+    assert full.test >= 0.9
+    assert problem.fits == sum(len(e["thetas"]) for e in full.rounds)
+    assert fits_plain == sum(len(e["thetas"]) for e in plain.rounds)
+    assert len(full.rounds) >= 2 and full.rounds[1]["train_size"] > full.rounds[0]["train_size"]
+    assert all(e["points_added"] == 10 * e["mistakes"] for e in full.rounds[:-1])
+    assert all(e["points_added"] == 0 for e in plain.rounds)
+
+
+def test_resume_skips_finished_rounds(tmp_path):
+    train, dev, test = splits(1)
+    problem = Torus(1)
+    agora(problem, THETAS, train, dev, test, AgoraConfig(max_rounds=2), out=tmp_path, log=None)
+    assert problem.fits == 5
+    problem.fits = 0
+    resumed = agora(problem, THETAS, train, dev, test, AgoraConfig(max_rounds=3), out=tmp_path,
+                    log=None)
+    assert problem.fits == 1  # only round 3 ran
+    assert [e["round"] for e in resumed.rounds] == [1, 2, 3]
+    again = agora(problem, THETAS, train, dev, test, AgoraConfig(max_rounds=3), out=tmp_path,
+                  log=None)
+    assert problem.fits == 1 and again.test == resumed.test
+
+
+def test_prune_drops_the_worst_run():
+    assert prune([0, 1, 2, 3], [0.8, 0.6, 0.9, 0.7]) == [2, 0, 3]
+    assert prune([0, 1, 2, 3], [0.6, 0.6, 0.9, 0.7]) == [2, 3]
+    assert prune([0, 1, 2], [0.5, 0.5, 0.5]) == [0]
+    assert prune([0, 1], [0.6, 0.5]) == [0]
+    assert prune([4], [0.1]) == []
+
+
+def test_bad_input(tmp_path):
+    train, dev, test = splits()
+    problem = Torus(teacher_steps=1)
+    weak = problem.teacher(dev[0])
+    assert np.mean(weak == dev[1]) <= 2 / 3  # one step leaves the teacher near chance
+    with pytest.raises(ConfigError, match="teacher's dev accuracy"):
+        agora(problem, THETAS, train, dev, log=None)
+    with pytest.raises(DataError, match="dev split is empty"):
+        agora(problem, THETAS, train, (dev[0][:0], dev[1][:0]), log=None)
+    with pytest.raises(ConfigError, match="at least one"):
+        agora(problem, [], train, dev, log=None)
+    with pytest.raises(DataError, match="points but"):
+        agora(problem, THETAS, train, (dev[0], dev[1][:5]), log=None)
+    (tmp_path / "agora-state.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(CheckpointError, match="unreadable Agora state"):
+        agora(Torus(), THETAS, train, dev, out=tmp_path, log=None)

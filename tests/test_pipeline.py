@@ -1,0 +1,79 @@
+"""`bort pipeline`: the quick run end to end, interrupted and resumed; settings from TOML."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bort import pipeline
+from bort.cli import main
+from bort.errors import ConfigError
+from bort.pipeline import STAGES, PipelineConfig, run_pipeline
+
+
+@pytest.mark.slow
+def test_quick_pipeline_interrupted_then_resumed(tmp_path, monkeypatch):
+    config = PipelineConfig.quick(out=str(tmp_path))
+    real_export = pipeline._STAGE_FUNCS["export"]
+
+    def interrupted(run):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(pipeline._STAGE_FUNCS, "export", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(config, log=lambda m: None)
+    run_dir = tmp_path / "quick"
+    first = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert list(first) == list(STAGES[:STAGES.index("export")])
+
+    calls = []
+    for stage in STAGES[:STAGES.index("export")]:  # finished stages must not run again
+        monkeypatch.setitem(pipeline._STAGE_FUNCS, stage, lambda run, s=stage: calls.append(s))
+    monkeypatch.setitem(pipeline._STAGE_FUNCS, "export", real_export)
+    report = run_pipeline(config, log=lambda m: None)
+    assert calls == []
+    record = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert list(record) == list(STAGES)
+    assert all(record[s]["seconds"] == first[s]["seconds"] for s in first)
+
+    text = report.read_text()
+    for part in ("## Accuracy on the test split", "student, Agora", "teacher (source",
+                 "## The student under bort's runtime", "| int8 |", "bort-fp32"):
+        assert part in text
+    accuracy = record["bench"]["accuracy"]
+    assert set(accuracy) == {"fp32", "bf16", "int8"}
+    assert abs(accuracy["fp32"]["accuracy"] - accuracy["int8"]["accuracy"]) < 0.05
+    ft = record["finetune"]
+    assert ft["agora"]["train_steps"] > 0 and ft["plain"]["train_steps"] > 0
+    assert record["teacher"]["dev"]["accuracy"] > 2 / 3
+    for png in ("search/front.png", "curves.png", "bench/latency.png"):
+        assert (run_dir / png).stat().st_size > 1000
+    assert (run_dir / "export" / "student.onnx").is_file()
+    assert (run_dir / "split.json").is_file()
+
+
+def test_toml_overrides_and_errors(tmp_path):
+    good = tmp_path / "run.toml"
+    good.write_text('name = "mine"\nseed = 3\n[distill]\nsteps = 7\n'
+                    '[finetune]\nthetas = [{lr = 1e-4}]\n')
+    config = PipelineConfig.from_toml(good)
+    assert (config.name, config.seed, config.distill.steps) == ("mine", 3, 7)
+    assert config.finetune.thetas == [{"lr": 1e-4}] and config.teacher.epochs == 2.0
+    assert PipelineConfig.from_toml(good, quick=True).max_train == 480
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[distill]\nstepz = 7\n")
+    with pytest.raises(ConfigError, match=r"\[distill\]: unknown setting 'stepz'"):
+        PipelineConfig.from_toml(bad)
+    bad.write_text("name = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        PipelineConfig.from_toml(bad)
+    with pytest.raises(ConfigError, match="unknown stage 'teach'"):
+        run_pipeline(config, skip=["teach"])
+    assert main(["pipeline", "--config", str(tmp_path / "missing.toml")]) == 1
+
+
+def test_a_stage_that_needs_a_skipped_one_says_so(tmp_path):
+    config = PipelineConfig.quick(out=str(tmp_path))
+    with pytest.raises(ConfigError, match="stage 'extract' needs search"):
+        run_pipeline(config, skip=["teacher", "search"], log=lambda m: None)
