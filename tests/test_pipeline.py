@@ -52,6 +52,14 @@ def test_quick_pipeline_interrupted_then_resumed(tmp_path, monkeypatch):
     assert (run_dir / "export" / "student.onnx").is_file()
     assert (run_dir / "split.json").is_file()
 
+    # the same seed gives the same accuracies, exactly
+    run_pipeline(config, redo="finetune", log=lambda m: None)
+    again = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    for arm in ("agora", "plain"):
+        assert again["finetune"][arm]["test"] == ft[arm]["test"]
+        assert again["finetune"][arm]["rounds"] == ft[arm]["rounds"]
+    assert again["bench"]["accuracy"]["int8"]["accuracy"] == accuracy["int8"]["accuracy"]
+
 
 def test_toml_overrides_and_errors(tmp_path):
     good = tmp_path / "run.toml"

@@ -424,12 +424,15 @@ def _curves(run: _Run, path: Path) -> None:
     a.plot([s for s, _ in loss], [v for _, v in loss], marker="o")
     a.set(xlabel="distillation step", ylabel="held-out distillation loss",
           title="distillation from the source")
-    for arm, style in (("agora", "-o"), ("plain", "--s")):
+    for arm, color in (("agora", "tab:red"), ("plain", "tab:blue")):
         rounds = run.result("finetune").get(arm, {}).get("rounds")
         if rounds:
             r = [x["round"] for x in rounds]
-            b.plot(r, [x["dev"] for x in rounds], style, label=f"{arm}: dev (best of round)")
-            b.plot(r, [x["test"] for x in rounds], style, alpha=0.5, label=f"{arm}: test")
+            b.plot(r, [x["dev"] for x in rounds], "-o", color=color,
+                   label=f"{arm}: dev (best of round)")
+            b.plot(r, [x["test"] for x in rounds], "--s", color=color, alpha=0.6,
+                   label=f"{arm}: test")
+            b.set_xticks(r)
     b.axhline(run.result("teacher")["test"]["accuracy"], color="gray", lw=0.8,
               label="teacher: test")
     b.set(xlabel="round", ylabel="accuracy", title="fine-tuning rounds")
