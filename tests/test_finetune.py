@@ -208,3 +208,44 @@ def test_cli_agora_rejects_a_weak_teacher(minilm_dir, rt_dir, tmp_path, capsys):
 
 def test_task_type_is_exported():
     assert Task.__name__ == "Task" and evaluate.__name__ == "evaluate"
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(minilm_dir, rt_dir, tmp_path):
+    """`bort finetune` under torchrun (2 CPU processes, gloo) against 1 process, dropout off:
+    each rank trains on its half of every batch, so the models agree to float noise."""
+    import os
+    import subprocess
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    task = tmp_path / "task"
+    task.mkdir()
+    for name, n in (("train", 32), ("dev", 16), ("test", 16)):
+        lines = (rt_dir / f"{name}.csv").read_text().splitlines()
+        (task / f"{name}.csv").write_text("\n".join(lines[:n + 1]) + "\n")
+    model = small(minilm_dir)
+    plain = BortModel(replace(model.arch, dropout=0.0, attention_dropout=0.0))
+    plain.load_state_dict(model.state_dict())
+    plain.source_dir = minilm_dir
+    plain.save_pretrained(tmp_path / "student")
+    common = ["finetune", str(tmp_path / "student"), "--task", str(task), "--epochs", "1",
+              "--batch-size", "8", "--seq-len", "24", "--lr", "1e-4", "--patience", "5"]
+    bort = str(Path(sys.executable).with_name("bort"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([bort, *common, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29519", bort, *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert m1["steps"] == m2["steps"] == 4
+    losses = [[v for _, v in m["history"]["train_loss"]] for m in (m1, m2)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-3)  # whole-batch losses, all ranks
+    a = BortModel.from_pretrained(tmp_path / "one" / "model").state_dict()
+    b = BortModel.from_pretrained(tmp_path / "two" / "model").state_dict()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 4 * 1e-4 * 1.5

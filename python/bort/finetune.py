@@ -285,10 +285,14 @@ def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneC
             opt.step()
             sched.step()
             done = step + 1
-            history["train_loss"].append((step + 1, loss.item()))
+            value = loss.detach()
+            if world > 1:  # the loss of the whole batch, not of this rank's share
+                torch.distributed.all_reduce(value)
+                value /= world
+            history["train_loss"].append((step + 1, value.item()))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{value.item():.4f}")
             if (step + 1) % eval_every == 0 or step + 1 == total:
                 metrics, _ = evaluate(model, dev)
                 history["dev"].append((step + 1, metrics))

@@ -91,7 +91,7 @@ class BenchSettings:
     lengths: list = field(default_factory=lambda: [16, 128])
     batch: int = 1
     threads: int = 1
-    rounds: int = 10
+    rounds: int = 50
     runtimes: list = field(default_factory=lambda: [
         "torch-fp32", "ort-fp32", "ort-int8", "bort-fp32", "bort-bf16", "bort-int8"])
 
