@@ -240,11 +240,7 @@ def _search(args: argparse.Namespace) -> int:
         if args.space == "layerwise":
             space = LayerwiseSpace.from_source(arch)
         elif args.space == "uniform":
-            first = arch.layers[0]
-            space = UniformSpace(range(1, len(arch.layers) + 1),
-                                 [h for h in (1, 2, 4, 6, 8, 12, 16) if h <= first.heads],
-                                 sorted({arch.hidden // 2, arch.hidden * 3 // 4, arch.hidden}),
-                                 sorted({first.ffn // 4, first.ffn // 2, first.ffn}), base=arch)
+            space = UniformSpace.around(arch)
         else:
             if arch.hidden < ROBERTA_LARGE.hidden or len(arch.layers) < 12:
                 raise ValueError("--space bort needs a source at least as large as its grid "

@@ -20,7 +20,6 @@ GPU), each rank reading its share of every batch, rank 0 writing. Checkpoints go
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -35,6 +34,8 @@ from .checkpoint import save_checkpoint
 from .errors import BortError, ConfigError
 from .model import BortModel
 from .tokenize import encode, load_tokenizer
+from .training import adamw, seed_everything, warmup_linear
+from .training import world as world_of
 
 __all__ = ["Corpus", "DistillConfig", "distill", "surrogate_error"]
 
@@ -185,13 +186,6 @@ class _Distiller(nn.Module):
         return parts
 
 
-def _world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | Path,
             config: DistillConfig | None = None, *, resume: bool = False,
             log: Callable[[str], None] | None = print, progress: bool = True,
@@ -211,7 +205,7 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     if teacher.source_dir is None:
         raise BortError("the teacher has no tokenizer: load it with BortModel.from_pretrained")
     out = Path(out)
-    rank, world = _world() if distributed else (0, 1)
+    rank, world = world_of() if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
     tokenizer = load_tokenizer(teacher.source_dir, config.seq_len)
@@ -221,9 +215,7 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     special = {tokenizer.token_to_id(t)
                for t in ("[CLS]", "[SEP]", "<s>", "</s>", "[PAD]", "<pad>")}
 
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
+    seed_everything(config.seed)
     teacher.eval().requires_grad_(False)
     for head in (student.pooler, student.classifier):  # no loss reaches them here
         if head is not None:
@@ -232,16 +224,8 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     model: nn.Module = module
     if world > 1:
         model = nn.parallel.DistributedDataParallel(module)
-    trained = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trained if p.ndim >= 2 and "LayerNorm" not in n]
-    no_decay = [p for n, p in trained if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=config.lr)
-    warm = max(1, round(config.warmup * config.steps))
-    def schedule(s: int) -> float:  # linear warm-up, then linear decay to 0
-        return min((s + 1) / warm, max(0.0, (config.steps - s) / max(1, config.steps - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    opt = adamw(module, config.lr, config.weight_decay)
+    sched = warmup_linear(opt, config.steps, config.warmup)
     history = {"train_loss": [], "eval_loss": []}
     start = 0
     if resume:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +38,8 @@ from .errors import BortError, ConfigError
 from .metrics import classification_metrics, regression_metrics
 from .model import BortModel, _write_text_atomic
 from .tokenize import load_tokenizer
+from .training import adamw, seed_everything, warmup_linear
+from .training import world as world_of
 
 __all__ = ["Encoded", "FinetuneConfig", "FinetuneResult", "encode_split", "evaluate",
            "finetune", "predict", "train", "with_head"]
@@ -197,13 +198,6 @@ class FinetuneResult:
     history: dict[str, list] = field(default_factory=dict)
 
 
-def _world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneConfig, *,
           metric: str = "accuracy", out: str | Path | None = None, resume: bool = False,
           log: Callable[[str], None] | None = None, progress: bool = False,
@@ -217,27 +211,17 @@ def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneC
     if len(train_data) == 0 or len(dev) == 0:
         raise BortError(f"empty split: train has {len(train_data)} examples, dev {len(dev)}")
     regression = model.problem_type == "regression"
-    rank, world = _world() if distributed else (0, 1)
+    rank, world = world_of() if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
+    seed_everything(config.seed)
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(model)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.ndim >= 2 and "LayerNorm" not in n]
-    rest = [p for n, p in named if not (p.ndim >= 2 and "LayerNorm" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=config.lr)
+    opt = adamw(model, config.lr, config.weight_decay)
     per_epoch = -(-len(train_data) // config.batch_size)
     total = max(1, round(config.epochs * per_epoch))
-    warm = max(1, round(config.warmup * total))
-    def schedule(s: int) -> float:  # linear warm-up, then linear decay to 0
-        return min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    sched = warmup_linear(opt, total, config.warmup)
     eval_every = max(1, per_epoch // config.evals_per_epoch)
     history: dict[str, list] = {"train_loss": [], "dev": []}
     best = {"score": -np.inf, "step": 0, "metrics": {}, "stale": 0}
@@ -343,7 +327,7 @@ def finetune(model: BortModel, task: Task, out: str | Path,
     result = train(model, data["train"], data["dev"], config, metric=task.metric, out=out,
                    resume=resume, log=log, progress=progress)
     result.test, _ = evaluate(result.model, data["test"])
-    if _world()[0] == 0:
+    if world_of()[0] == 0:
         task.write_split(out)
         result.model.save_pretrained(out / "model", card={
             "data": f"fine-tuned on {task.name}",

@@ -289,11 +289,7 @@ def _search(run: _Run) -> dict:
     if s.space == "layerwise":
         space = LayerwiseSpace.from_source(arch)
     elif s.space == "uniform":
-        first = arch.layers[0]
-        space = UniformSpace(range(1, len(arch.layers) + 1),
-                             [h for h in (1, 2, 4, 6, 8, 12, 16) if h <= first.heads],
-                             sorted({arch.hidden // 2, arch.hidden * 3 // 4, arch.hidden}),
-                             sorted({first.ffn // 4, first.ffn // 2, first.ffn}), base=arch)
+        space = UniformSpace.around(arch)
     else:
         raise ConfigError(f"[search] space must be 'layerwise' or 'uniform', got {s.space!r}")
     out = run.dir / "search"

@@ -76,6 +76,16 @@ class UniformSpace:
         return cls((2, 4, 6, 8, 10, 12), (4, 8, 12, 16), (512, 768, 1024),
                    (256, 512, 768, 1024, 3072), base)
 
+    @classmethod
+    def around(cls, source: Arch) -> UniformSpace:
+        """A small grid below ``source``: depths 1..D, head counts up to its own, hidden ×
+        {1/2, 3/4, 1} and FFN × {1/4, 1/2, 1} of its first layer's."""
+        first = source.layers[0]
+        return cls(range(1, len(source.layers) + 1),
+                   [h for h in (1, 2, 4, 6, 8, 12, 16) if h <= first.heads],
+                   sorted({source.hidden // 2, source.hidden * 3 // 4, source.hidden}),
+                   sorted({first.ffn // 4, first.ffn // 2, first.ffn}), base=source)
+
     def _pairs(self) -> list[tuple[int, int]]:
         return [(a, h) for h in self.hiddens for a in self.heads if h % a == 0]
 
