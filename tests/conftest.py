@@ -70,3 +70,22 @@ def hf_config(family: str = "bert", **overrides):
                     max_position_embeddings=42)
     base.update(overrides)
     return (BertConfig if family == "bert" else RobertaConfig)(**base)
+
+
+def run_bort_one_and_two_ranks(args: list[str], one: Path, two: Path, port: int):
+    """Run ``bort ARGS --out ONE`` in one process and under torchrun with 2 CPU ranks (gloo)
+    with ``--out TWO``; both must succeed. Returns the two CompletedProcess results."""
+    import subprocess
+    import sys
+
+    bort = str(Path(sys.executable).with_name("bort"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    runs = []
+    for launcher, out in (([bort], one), ([sys.executable, "-m", "torch.distributed.run",
+                                           "--nproc_per_node", "2", "--master_port", str(port),
+                                           bort], two)):
+        done = subprocess.run([*launcher, *args, "--out", str(out)], capture_output=True,
+                              text=True, timeout=600, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(done)
+    return runs

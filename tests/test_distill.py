@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +12,7 @@ from bort import ConfigError
 from bort.distill import Corpus, DistillConfig, distill
 from bort.extract import extract, target_arch
 from bort.model import BortModel
-from conftest import HELD_OUT, SAMPLE
+from conftest import HELD_OUT, SAMPLE, run_bort_one_and_two_ranks
 
 CONFIG = DistillConfig(steps=6, batch_size=4, seq_len=24, eval_every=3, checkpoint_every=3,
                        eval_sequences=8, lr=5e-4)
@@ -89,15 +85,7 @@ def test_two_ranks_match_one(minilm_dir, teacher, tmp_path) -> None:
     common = ["distill", "--teacher", str(minilm_dir), "--student", str(tmp_path / "student"),
               "--corpus", str(corpus), "--steps", "4", "--batch-size", "4", "--seq-len", "24",
               "--eval-every", "4", "--checkpoint-every", "4"]
-    bort = str(Path(sys.executable).with_name("bort"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([bort, *common, "--out", str(tmp_path / "one")], capture_output=True,
-                         text=True, timeout=600, env=env)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", bort, *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
+    one, two = run_bort_one_and_two_ranks(common, tmp_path / "one", tmp_path / "two", 29517)
     # Adam turns float-rounding differences of near-zero gradients into whole lr-sized steps,
     # so the weights differ by up to ~steps × lr; the losses agree closely.
     a = BortModel.from_pretrained(tmp_path / "one" / "student").state_dict()

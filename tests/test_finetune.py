@@ -214,11 +214,9 @@ def test_task_type_is_exported():
 def test_torchrun_two_ranks_match_one_process(minilm_dir, rt_dir, tmp_path):
     """`bort finetune` under torchrun (2 CPU processes, gloo) against 1 process, dropout off:
     each rank trains on its half of every batch, so the models agree to float noise."""
-    import os
-    import subprocess
-    import sys
     from dataclasses import replace
-    from pathlib import Path
+
+    from conftest import run_bort_one_and_two_ranks
 
     task = tmp_path / "task"
     task.mkdir()
@@ -232,15 +230,7 @@ def test_torchrun_two_ranks_match_one_process(minilm_dir, rt_dir, tmp_path):
     plain.save_pretrained(tmp_path / "student")
     common = ["finetune", str(tmp_path / "student"), "--task", str(task), "--epochs", "1",
               "--batch-size", "8", "--seq-len", "24", "--lr", "1e-4", "--patience", "5"]
-    bort = str(Path(sys.executable).with_name("bort"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([bort, *common, "--out", str(tmp_path / "one")], capture_output=True,
-                         text=True, timeout=600, env=env)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29519", bort, *common, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert two.returncode == 0, two.stderr[-3000:]
+    run_bort_one_and_two_ranks(common, tmp_path / "one", tmp_path / "two", 29519)
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert m1["steps"] == m2["steps"] == 4

@@ -35,6 +35,7 @@ from .errors import BortError, ConfigError
 from .model import BortModel
 from .tokenize import encode, load_tokenizer
 from .training import adamw, seed_everything, warmup_linear
+from .training import step as optimizer_step
 from .training import world as world_of
 
 __all__ = ["Corpus", "DistillConfig", "distill", "surrogate_error"]
@@ -284,20 +285,12 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
             batch = tensors(texts, gen)
             batch = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
             loss = loss_of(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(module.parameters(), config.clip)
-            opt.step()
-            sched.step()
+            value = optimizer_step(loss, module, opt, sched, config.clip, world)
             done = step + 1
-            value = loss.detach()
-            if world > 1:
-                torch.distributed.all_reduce(value)
-                value /= world
-            history["train_loss"].append((step + 1, value.item()))
+            history["train_loss"].append((step + 1, value))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{value.item():.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
             if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
                 history["eval_loss"].append((step + 1, evaluate()))
                 if log and rank == 0:

@@ -39,6 +39,7 @@ from .metrics import classification_metrics, regression_metrics
 from .model import BortModel, _write_text_atomic
 from .tokenize import load_tokenizer
 from .training import adamw, seed_everything, warmup_linear
+from .training import step as optimizer_step
 from .training import world as world_of
 
 __all__ = ["Encoded", "FinetuneConfig", "FinetuneResult", "encode_split", "evaluate",
@@ -263,20 +264,12 @@ def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneC
                 logits = net(**batch).logits.float()
             loss = (F.mse_loss(logits[:, 0], labels.float()) if regression
                     else F.cross_entropy(logits, labels.long()))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            opt.step()
-            sched.step()
+            value = optimizer_step(loss, model, opt, sched, config.clip, world)
             done = step + 1
-            value = loss.detach()
-            if world > 1:  # the loss of the whole batch, not of this rank's share
-                torch.distributed.all_reduce(value)
-                value /= world
-            history["train_loss"].append((step + 1, value.item()))
+            history["train_loss"].append((step + 1, value))
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{value.item():.4f}")
+                bar.set_postfix(loss=f"{value:.4f}")
             if (step + 1) % eval_every == 0 or step + 1 == total:
                 metrics, _ = evaluate(model, dev)
                 history["dev"].append((step + 1, metrics))

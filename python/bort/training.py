@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["adamw", "seed_everything", "warmup_linear", "world"]
+__all__ = ["adamw", "seed_everything", "step", "warmup_linear", "world"]
 
 
 def world() -> tuple[int, int]:
@@ -47,3 +47,19 @@ def warmup_linear(optimizer: torch.optim.Optimizer, total: int,
         return min((step + 1) / warm, max(0.0, (total - step) / max(1, total - warm)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer,
+         scheduler: torch.optim.lr_scheduler.LRScheduler, clip: float, ranks: int) -> float:
+    """One optimizer step on ``loss`` (gradients clipped to ``clip``); returns the loss of the
+    whole batch, averaged over ``ranks`` when each rank saw its share."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(module.parameters(), clip)
+    optimizer.step()
+    scheduler.step()
+    value = loss.detach()
+    if ranks > 1:
+        torch.distributed.all_reduce(value)
+        value /= ranks
+    return value.item()
