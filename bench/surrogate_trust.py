@@ -14,19 +14,14 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bort import Arch
 from bort.assets import default_source
 from bort.costs import importance
 from bort.data import default_corpus
 from bort.distill import Corpus, surrogate_error
+from bort.io import write_json
+from bort.metrics import spearman
 from bort.model import BortModel
-
-
-def spearman(a, b) -> float:
-    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
-    return float(np.corrcoef(rank(np.asarray(a)), rank(np.asarray(b)))[0, 1])
 
 
 def main() -> None:
@@ -54,9 +49,8 @@ def main() -> None:
               f"{10 * args.steps} steps {long:.4f}", flush=True)
     rho = spearman([r["short"] for r in results], [r["long"] for r in results])
     print(f"Spearman rank correlation, {args.steps} vs {10 * args.steps} steps: {rho:.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "surrogate_trust.json").write_text(json.dumps(
-        {"steps": args.steps, "spearman": rho, "points": results}, indent=2) + "\n")
+    write_json(args.out / "surrogate_trust.json",
+               {"steps": args.steps, "spearman": rho, "points": results}, indent=2)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <string>
+#include <utility>
+
 #include "arch.hpp"
 #include "encoder/encoder.hpp"
 #include "frontier/frontier.hpp"
@@ -13,6 +16,29 @@ namespace py = pybind11;
 namespace {
 
 using f64_array = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// The encoder's dtypes by the names Python uses: exported as bort._core.DTYPES and read by
+// parse_dtype, so a new one is one line here.
+constexpr std::pair<const char*, bort::encoder::Dtype> kDtypes[] = {
+    {"fp32", bort::encoder::Dtype::F32},
+    {"bf16", bort::encoder::Dtype::BF16},
+    {"int8", bort::encoder::Dtype::I8},
+};
+
+py::tuple dtype_names() {
+  py::list names;
+  for (const auto& [name, dtype] : kDtypes) names.append(name);
+  return py::tuple(names);
+}
+
+bort::encoder::Dtype parse_dtype(const std::string& name) {
+  std::string known;
+  for (const auto& [n, dtype] : kDtypes) {
+    if (name == n) return dtype;
+    known += (known.empty() ? "" : ", ") + std::string(n);
+  }
+  throw std::invalid_argument("dtype '" + name + "' is not available; choose from " + known);
+}
 
 std::vector<double> to_vector(const f64_array& a, const char* what) {
   if (a.ndim() != 1) throw std::invalid_argument(std::string(what) + " must be 1-D");
@@ -99,6 +125,7 @@ py::dict encoder_forward(const bort::encoder::Encoder& enc, const py::object& id
 PYBIND11_MODULE(_core, m) {
   m.doc() = "bort's C++ core (private; use the bort package)";
   m.attr("__version__") = BORT_VERSION;
+  m.attr("DTYPES") = dtype_names();
 
   py::enum_<bort::Activation>(m, "Activation", py::module_local())
       .value("gelu_erf", bort::Activation::GeluErf)
@@ -163,11 +190,8 @@ PYBIND11_MODULE(_core, m) {
                views[py::str(item.first)] = v;
              }
              if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
-             using bort::encoder::Dtype;
-             const Dtype d = dtype == "fp32" ? Dtype::F32 : dtype == "bf16" ? Dtype::BF16
-                           : dtype == "int8" ? Dtype::I8
-                           : throw std::invalid_argument("dtype must be fp32, bf16 or int8, got " + dtype);
-             return std::make_unique<bort::encoder::Encoder>(arch, views, num_threads, d);
+             return std::make_unique<bort::encoder::Encoder>(arch, views, num_threads,
+                                                             parse_dtype(dtype));
            }),
            py::arg("arch"), py::arg("weights"), py::arg("num_threads"), py::arg("dtype") = "fp32")
       .def("forward", &encoder_forward, py::arg("input_ids"), py::arg("attention_mask") = py::none(),

@@ -1,7 +1,9 @@
-"""Agora's loop on a synthetic task it must solve, its Θ rule, resumption and bad input."""
+"""Agora's loop on a synthetic task it must solve, its Θ rule, resumption (state files in JSON
+and safetensors, token sequences included) and bad input."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from bort.agora import AgoraConfig, agora, prune
+from bort.agora import POINTS_FILE, STATE_FILE, AgoraConfig, agora, prune
 from bort.errors import CheckpointError, ConfigError, DataError
+from bort.finetune import Encoded
 
 R, r = 2.0, 0.5  # the torus' ring and tube radii
 
@@ -135,6 +138,114 @@ def test_bad_input(tmp_path):
         agora(problem, [], train, dev, log=None)
     with pytest.raises(DataError, match="points but"):
         agora(problem, THETAS, train, (dev[0], dev[1][:5]), log=None)
-    (tmp_path / "agora-state.pkl").write_bytes(b"not a pickle")
+    (tmp_path / STATE_FILE).write_bytes(b"not json")
     with pytest.raises(CheckpointError, match="unreadable Agora state"):
         agora(Torus(), THETAS, train, dev, out=tmp_path, log=None)
+
+
+class Tokens:
+    """A Problem on ragged token sequences (`Encoded`): the label says whether token 7 occurs;
+    a model memorises its training sequences and answers its θ's default for the others;
+    new points drop or replace a token of a mistake. Records what each fit was given."""
+
+    def __init__(self):
+        self.given: list[tuple[dict, Encoded, np.ndarray]] = []
+
+    @staticmethod
+    def label(X: Encoded) -> np.ndarray:
+        return np.asarray([int(7 in ids) for ids in X.ids], np.int64)
+
+    def fit(self, theta, X, y, seed):
+        self.given.append((theta, X, y))
+        return {"default": theta["default"],
+                "memo": {tuple(map(int, ids)): int(v) for ids, v in zip(X.ids, y)}}
+
+    def predict(self, model, X):
+        return np.asarray([model["memo"].get(tuple(map(int, ids)), model["default"])
+                           for ids in X.ids], np.int64)
+
+    def generate(self, X, y, rng):
+        ids, types = [], []
+        for seq, seg in zip(X.ids, X.types):
+            for _ in range(3):
+                keep = np.ones(len(seq), bool)
+                keep[rng.integers(len(seq))] = False
+                new = seq[keep].copy()
+                new[rng.integers(len(new))] = rng.integers(1, 12)
+                ids.append(new.astype(np.int32))
+                types.append(seg[keep].astype(np.int32))
+        return Encoded(ids, types, np.full(len(ids), -1, np.int64))
+
+    def teacher(self, X):
+        return self.label(X)
+
+    def save(self, model, directory: Path):
+        directory.mkdir(parents=True, exist_ok=True)
+        memo = [[list(k), v] for k, v in model["memo"].items()]
+        (directory / "model.json").write_text(json.dumps({"default": model["default"],
+                                                          "memo": memo}))
+
+    def load(self, directory: Path):
+        data = json.loads((directory / "model.json").read_text())
+        return {"default": data["default"], "memo": {tuple(k): v for k, v in data["memo"]}}
+
+
+def token_split(n: int, seed: int) -> tuple[Encoded, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = [rng.integers(1, 12, int(rng.integers(3, 9))).astype(np.int32) for _ in range(n)]
+    types = [(np.arange(len(a)) >= len(a) // 2).astype(np.int32) for a in ids]
+    X = Encoded(ids, types, np.zeros(n, np.int64))
+    return X, Tokens.label(X)
+
+
+TOKEN_THETAS = [{"default": 0}, {"default": 1}, {"default": 0, "other": 1}]
+
+
+def test_resume_restores_token_sequences_exactly(tmp_path):
+    """Round 3 of a run stopped after round 2 and resumed trains on exactly the sequences,
+    token types and labels that round 3 of an uninterrupted run trains on."""
+    train, dev = token_split(30, 0), token_split(40, 1)
+    whole = Tokens()
+    agora(whole, TOKEN_THETAS, train, dev, config=AgoraConfig(max_rounds=3),
+          out=tmp_path / "whole", log=None)
+    agora(Tokens(), TOKEN_THETAS, train, dev, config=AgoraConfig(max_rounds=2),
+          out=tmp_path / "cut", log=None)
+    state = json.loads((tmp_path / "cut" / STATE_FILE).read_text())
+    assert state["round"] == 2 and state["added_points"] > 0
+    assert (tmp_path / "cut" / POINTS_FILE).is_file()
+    assert not list((tmp_path / "cut").glob("*.pkl"))
+    resumed = Tokens()
+    agora(resumed, TOKEN_THETAS, train, dev, config=AgoraConfig(max_rounds=3),
+          out=tmp_path / "cut", log=None)
+    assert len(whole.given) == 3 + 2 + 1 and len(resumed.given) == 1  # Θ shrinks by one a round
+    (_, a, ya), (_, b, yb) = whole.given[-1], resumed.given[0]
+    assert len(b) == len(a) > len(train[0])
+    assert all(x.dtype == y.dtype == np.int32 and np.array_equal(x, y)
+               for x, y in zip(a.ids + a.types, b.ids + b.types))
+    assert [len(x) for x in a.ids] == [len(x) for x in b.ids]
+    assert ya.dtype == yb.dtype and np.array_equal(ya, yb)
+    assert np.array_equal(a.labels, b.labels)
+
+
+def test_damaged_or_foreign_state_files_are_named(tmp_path):
+    train, dev = token_split(30, 0), token_split(40, 1)
+    agora(Tokens(), TOKEN_THETAS, train, dev, config=AgoraConfig(max_rounds=1), out=tmp_path,
+          log=None)
+    state, points = tmp_path / STATE_FILE, tmp_path / POINTS_FILE
+    good_points = points.read_bytes()
+    points.write_bytes(b"\x00" * 12)
+    with pytest.raises(CheckpointError, match=f"{POINTS_FILE}: unreadable Agora points"):
+        agora(Tokens(), TOKEN_THETAS, train, dev, out=tmp_path, log=None)
+    points.write_bytes(good_points)
+    record = json.loads(state.read_text())
+    state.write_text(json.dumps({**record, "added_points": record["added_points"] + 1}))
+    with pytest.raises(CheckpointError, match=f"{POINTS_FILE}: holds .* counts"):
+        agora(Tokens(), TOKEN_THETAS, train, dev, out=tmp_path, log=None)
+    for foreign in ([1, 2], {"format": 1}, {**record, "format": 3}):
+        state.write_text(json.dumps(foreign))
+        with pytest.raises(CheckpointError, match=f"{STATE_FILE}: not an Agora state file"):
+            agora(Tokens(), TOKEN_THETAS, train, dev, out=tmp_path, log=None)
+    state.unlink()
+    (tmp_path / "agora-state.pkl").write_bytes(b"old")
+    with pytest.raises(CheckpointError, match="agora-state.pkl: an Agora state of an earlier"):
+        agora(Tokens(), TOKEN_THETAS, train, dev, out=tmp_path, log=None)

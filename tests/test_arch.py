@@ -8,12 +8,11 @@ import sys
 
 import pytest
 import torch
+from conftest import hf_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bort import Arch, ConfigError, Layer
-from bort import _core
-from conftest import hf_config
+from bort import Arch, ConfigError, Layer, _core
 
 
 def numel_by_part(model: torch.nn.Module) -> dict[str, int]:
@@ -249,3 +248,18 @@ def test_missing_and_broken_directories(tmp_path) -> None:
 def test_import_leaves_torch_out(module: str) -> None:
     code = f"import sys, {module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_max_tokens_and_the_pooler_rule() -> None:
+    """Arch owns both rules the model, the runtime and the exporter apply."""
+    from dataclasses import replace
+
+    bert = Arch.uniform(1, 2, 8, 8, max_positions=16)
+    roberta = replace(bert, position_style="roberta", pad_token_id=1)
+    assert (bert.max_tokens, roberta.max_tokens) == (16, 14)  # RoBERTa: pad + 1 positions off
+    names = ["embeddings.word_embeddings.weight"]
+    assert bert.fit_to_weights(names).pooler is False  # a sentence-embedding export
+    assert bert.fit_to_weights([*names, "bert.pooler.dense.weight"]) is bert
+    assert replace(bert, pooler=False).fit_to_weights(["pooler.dense.weight"]).pooler
+    classifier = replace(bert, num_labels=2)
+    assert classifier.fit_to_weights(names) is classifier  # its head reads the pooler

@@ -1,17 +1,28 @@
-"""Measured costs: importance on the real source model, and the latency table."""
+"""Measured costs: importance on the real source model, the latency table, the cost kinds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from conftest import SAMPLE
 
 from bort import Arch
-from bort.costs import cost, importance, measure_latency
+from bort.config import SearchConfig
+from bort.costs import (
+    COSTS,
+    CostKind,
+    Importance,
+    cost,
+    decompose,
+    error_proxy,
+    importance,
+    measure_latency,
+)
+from bort.metrics import spearman
 from bort.model import BortModel
-from bort.search import LayerwiseSpace, frontier
+from bort.search import LayerwiseSpace, UniformSpace, frontier
 from bort.tokenize import encode, load_tokenizer
-from conftest import SAMPLE
 
 TEXTS = SAMPLE[:8]
 
@@ -44,11 +55,6 @@ def output_change(model, texts, heads_off=None, neurons_off=None) -> float:
         model.load_state_dict(saved)
     mask = batch["attention_mask"].bool()
     return ((out - ref)[mask] ** 2).mean().item()
-
-
-def spearman(a, b) -> float:
-    rank = lambda x: np.argsort(np.argsort(x))  # noqa: E731
-    return float(np.corrcoef(rank(np.asarray(a)), rank(np.asarray(b)))[0, 1])
 
 
 def test_importance_predicts_what_removing_a_unit_does(minilm, minilm_importance) -> None:
@@ -102,7 +108,7 @@ def test_latency_table_is_measured_once_and_cached(tmp_path, monkeypatch, backen
     def no_timing(*args, **kwargs):
         raise AssertionError("re-measured an entry that is in the cache")
 
-    monkeypatch.setattr("bort.costs._time_ms", no_timing)
+    monkeypatch.setattr("bort.timing.median_ms", no_timing)
     monkeypatch.setattr("bort.runtime.Encoder.sublayer_ms", no_timing)
     again = measure_latency(src, hiddens=(32,), heads=(1, 2), ffns=(64,), batch=1, seq_len=16,
                             backend=backend)
@@ -112,9 +118,61 @@ def test_latency_table_is_measured_once_and_cached(tmp_path, monkeypatch, backen
     assert cost(arch, "latency", table=again) == pytest.approx(
         table.base[32] + table.attention[(32, 2, 16)] + table.ffn[(32, 32)] + table.ffn[(32, 64)])
     space = LayerwiseSpace.from_source(src, ffn_step=32, hiddens=(16, 32))
-    from bort.costs import Importance
-
     imp = Importance(src, [np.ones(2)] * 2, [np.ones(64)] * 2, np.ones(32))
     front = frontier(space, 0.05, "latency", imp, table=again)
     assert front[-1].error_proxy == 0  # the source itself
     assert front[0].cost <= 1.05 * min(table.base.values())  # covers the cheapest empty network
+
+
+def test_latency_front_over_a_uniform_space(tmp_path, monkeypatch) -> None:
+    """The latency kind's prepare times every sublayer a uniform space uses (each hidden size,
+    head_dim = hidden / heads) and the source's, so the front of the space builds."""
+    monkeypatch.setenv("BORT_CACHE_DIR", str(tmp_path))
+    src = Arch.uniform(2, 2, 32, 64, vocab_size=100, max_positions=32)
+    space = UniformSpace.around(src)
+    options = COSTS["latency"].prepare(src, space, seq_len=16)
+    table = options["table"]
+    attention, ffn, hiddens = space.sublayers()
+    assert hiddens == {16, 24, 32} and (24, 2, 12) in attention
+    assert attention <= set(table.attention) and ffn <= set(table.ffn)
+    assert hiddens == set(table.base) and table.seq_len == 16
+    imp = Importance(src, [np.ones(2)] * 2, [np.ones(64)] * 2, np.ones(32))
+    front = frontier(space, 0.05, "latency", imp, **options)
+    assert front[-1].error_proxy == 0 and all(x.cost > 0 for x in front)
+    assert cost(src, "latency", **options) == pytest.approx(table.base[32] + 2 * (
+        table.attention[(32, 2, 16)] + table.ffn[(32, 64)]))
+    assert COSTS["latency"].prepare(src, space, table=table) == {"table": table}
+
+
+class WeightBytes(CostKind):
+    """The README's toy cost kind ("Extending bort"): bytes of fp32 weights."""
+
+    unit = "bytes"
+
+    def layer(self, layer, hidden, **options):
+        return 4.0 * layer.params(hidden)
+
+    def base(self, arch, **options):
+        p = arch.params()
+        return 4.0 * (p.embeddings + p.pooler + p.head)
+
+
+@pytest.fixture
+def weight_bytes():
+    COSTS.register("bytes", WeightBytes())
+    yield
+    COSTS.unregister("bytes")
+
+
+def test_a_cost_kind_registered_from_outside(weight_bytes) -> None:
+    src = Arch.uniform(2, 2, 16, 32, vocab_size=50, max_positions=16)
+    assert SearchConfig(cost="bytes").cost == "bytes"
+    base, layers = decompose(src, "bytes")
+    assert base + sum(layers) == cost(src, "bytes") == 4 * src.params().total
+    space = LayerwiseSpace.from_source(src, ffn_step=16, hiddens=(8, 16))
+    assert COSTS["bytes"].prepare(src, space, batch=2) == {"batch": 2}
+    imp = Importance(src, [np.array([1.0, 2.0])] * 2, [np.arange(32.0)] * 2, np.ones(16))
+    points = {(cost(a, "bytes"), error_proxy(a, imp)) for a in space.enumerate()}
+    pareto = {p for p in points if not any(q != p and q[0] <= p[0] and q[1] <= p[1]
+                                           for q in points)}
+    assert {(x.cost, x.error_proxy) for x in frontier(space, 0, "bytes", imp)} == pareto

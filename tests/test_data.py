@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bort.data import TASKS, load_task, stratified_split
-from bort.errors import DataError
+from bort.data import TASKS, Dataset, load_task, stratified_split
+from bort.errors import ConfigError, DataError
 from bort.metrics import accuracy, f1, mcc, mcnemar, pearson, spearman
 
 
@@ -104,6 +104,48 @@ def test_glue_layouts(tmp_path):
             f"{i}\ta {i}\tb {i}\t{i / 10:.1f}\n" for i in range(1, 30)))
     task = load_task(sts)
     assert task.regression and task.pair and task.metric == "pearson"
+
+
+def test_a_tsv_directory_of_ones_own_is_not_glue(tmp_path):
+    own = tmp_path / "reviews"
+    own.mkdir()
+    _write(own / "train.tsv", [{"text": f"train {i}", "label": ["neg", "pos"][i % 2]}
+                               for i in range(40)], "tsv")
+    _write(own / "test.tsv", [{"text": f"test {i}", "label": ["neg", "pos"][i % 2]}
+                              for i in range(10)], "tsv")
+    task = load_task(own, seed=1)
+    assert task.name == "reviews" and task.labels == ["neg", "pos"] and not task.pair
+    assert "layout" not in task.split and task.split["split_from"] == "train"
+    assert task.test.texts == [f"test {i}" for i in range(10)]
+    assert sorted(task.train.texts + task.dev.texts) == sorted(f"train {i}" for i in range(40))
+    assert task.labels[task.test.labels[3]] == "pos" and len(task.dev) == 4
+    named = tmp_path / "SST-2"  # a GLUE name over one's own header: still one's own layout
+    named.mkdir()
+    for f in ("train.tsv", "test.tsv"):
+        (named / f).write_text((own / f).read_text())
+    assert load_task(named).test.texts == task.test.texts
+    neither = tmp_path / "neither"
+    neither.mkdir()
+    (neither / "train.tsv").write_text("sentence\ttarget\na\t1\n")
+    with pytest.raises(DataError, match="names a GLUE task .*'text' and 'label'"):
+        load_task(neither)
+
+
+def test_a_dataset_registered_from_outside_loads_by_name():
+    def colours():
+        texts = [f"{c} thing {i}" for i in range(20) for c in ("red", "blue")]
+        return texts, None, [t.split()[0] for t in texts]
+
+    TASKS.register("toy_colours", Dataset("colour words (40, balanced)", "none", colours))
+    try:
+        task = load_task("toy_colours", seed=0)
+        assert task.labels == ["blue", "red"] and len(task.train) == 32
+        assert task.split["source"] == "toy_colours"
+        with pytest.raises(ConfigError, match="already registered"):
+            TASKS.register("toy_colours", Dataset("again", "none", colours))
+    finally:
+        TASKS.unregister("toy_colours")
+    assert "toy_colours" not in TASKS and "rotten_tomatoes" in TASKS
 
 
 def test_bad_task_input(tmp_path):

@@ -7,12 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import HELD_OUT, SAMPLE, run_bort_one_and_two_ranks
 
 from bort import ConfigError
 from bort.distill import Corpus, DistillConfig, distill
 from bort.extract import extract, target_arch
 from bort.model import BortModel
-from conftest import HELD_OUT, SAMPLE, run_bort_one_and_two_ranks
 
 CONFIG = DistillConfig(steps=6, batch_size=4, seq_len=24, eval_every=3, checkpoint_every=3,
                        eval_sequences=8, lr=5e-4)
@@ -149,9 +149,8 @@ def test_masked_lm_terms_with_an_mlm_teacher(minilm_dir, corpus, tmp_path) -> No
     teacher on 24 lines cannot lower a held-out masked-LM loss)."""
     import shutil
 
-    from transformers import BertForMaskedLM
-
     from conftest import hf_config
+    from transformers import BertForMaskedLM
 
     config = hf_config(vocab_size=30522, hidden_size=64, num_attention_heads=4,
                        intermediate_size=128, num_hidden_layers=2, max_position_embeddings=64)

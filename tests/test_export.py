@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import randomize
+from test_runtime import random_batch
 
 from bort import Arch
 from bort.export import export_onnx
 from bort.model import BortModel
 from bort.runtime import Encoder
-from conftest import randomize
-from test_runtime import random_batch
 
 TOL = 1e-4
 

@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HELD_OUT, SAMPLE
 
 from bort import Arch, ConfigError
 from bort.extract import extract, magnitude_importance, target_arch
 from bort.model import BortModel
 from bort.tokenize import encode, load_tokenizer
-from conftest import HELD_OUT, SAMPLE
+
 
 @pytest.fixture(scope="module")
 def source(minilm_dir) -> BortModel:

@@ -14,8 +14,15 @@ from bort.cli import main
 from bort.data import Task, load_task
 from bort.errors import BortError, ConfigError
 from bort.extract import extract, magnitude_importance, target_arch
-from bort.finetune import (Encoded, FinetuneConfig, encode_split, evaluate, finetune, train,
-                           with_head)
+from bort.finetune import (
+    Encoded,
+    FinetuneConfig,
+    encode_split,
+    evaluate,
+    finetune,
+    train,
+    with_head,
+)
 from bort.model import BortModel
 from bort.tokenize import load_tokenizer
 
@@ -119,7 +126,7 @@ def test_finetune_bad_input(minilm_dir, rt_dir):
     empty = Encoded([], [], np.zeros(0, int))
     with pytest.raises(BortError, match="empty split"):
         train(with_head(model, task), data, empty, FinetuneConfig())
-    with pytest.raises(ConfigError, match="unknown fine-tuning settings"):
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
         FinetuneConfig().updated({"learning_rate": 1})
     model.source_dir = None
     with pytest.raises(BortError, match="no tokenizer"):

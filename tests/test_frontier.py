@@ -10,10 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bort import Arch, ConfigError, Layer
-from bort import _core
+from bort import Arch, ConfigError, Layer, _core
+from bort.config import SearchConfig
 from bort.costs import Importance, cost, decompose, error_proxy
 from bort.search import LayerwiseSpace, UniformSpace, frontier
+from bort.space import SPACES
 
 REL = 1e-12  # floating-point slack on the (1 + ε) factor
 
@@ -143,6 +144,51 @@ def test_uniform_frontier_against_brute_force() -> None:
     assert {(x.cost, x.error_proxy) for x in frontier(space, 0, "flops", imp)} == pareto(points)
     front = frontier(space, 0.1, "flops", imp)
     assert covers([(x.cost, x.error_proxy) for x in front], points, 0.1) <= 1.1 * (1 + REL)
+
+
+# ---------------------------------------------------------------------- the registry of spaces
+def used_sublayers(archs):
+    """The attention and FFN shapes and hidden sizes the architectures use."""
+    return ({(a.hidden, x.heads, x.head_dim) for a in archs for x in a.layers if x.heads},
+            {(a.hidden, x.ffn) for a in archs for x in a.layers if x.ffn},
+            {a.hidden for a in archs})
+
+
+def test_spaces_by_name_and_their_sublayers() -> None:
+    src = Arch.uniform(2, 4, 32, 64)
+    for name in ("layerwise", "uniform"):
+        space = SPACES[name](src)
+        assert space.sublayers() == used_sublayers(space.enumerate())
+    sized = LayerwiseSpace.from_source(src, head_step=2, ffn_step=32, hiddens=(16, 32))
+    assert sized.sublayers() == used_sublayers(sized.enumerate())
+    assert len(SPACES["bort"](Arch.uniform(12, 16, 1024, 3072))) == 300
+    with pytest.raises(ConfigError, match="needs a source at least as large as its grid"):
+        SPACES["bort"](src)
+    with pytest.raises(ConfigError, match="unknown search space 'nope'"):
+        SPACES["nope"]
+
+
+@pytest.fixture
+def shallow():
+    """The README's toy space ("Extending bort"), registered for one test."""
+    @SPACES.register("shallow")
+    def shallow(source):
+        first = source.layers[0]
+        return UniformSpace(depths=range(1, len(source.layers) // 2 + 1), heads=[first.heads],
+                            hiddens=[source.hidden], ffns=[first.ffn // 2, first.ffn],
+                            base=source)
+
+    yield shallow
+    SPACES.unregister("shallow")
+
+
+def test_a_space_registered_from_outside(shallow) -> None:
+    src = Arch.uniform(4, 2, 16, 32)
+    assert SearchConfig(space="shallow").space == "shallow"
+    space = SPACES["shallow"](src)
+    imp = random_importance(src, np.random.default_rng(0))
+    points = [(cost(a, "flops"), error_proxy(a, imp)) for a in space.enumerate()]
+    assert {(x.cost, x.error_proxy) for x in frontier(space, 0, "flops", imp)} == pareto(points)
 
 
 # ---------------------------------------------------------------------- costs and error proxy

@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import hf_config, randomize
 
 from bort import Arch, WeightsError
 from bort.model import BortModel
-from conftest import hf_config, randomize
 
 TOL = 1e-5
 

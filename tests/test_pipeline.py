@@ -66,10 +66,10 @@ def test_quick_pipeline_interrupted_then_resumed(tmp_path, monkeypatch):
 def test_toml_overrides_and_errors(tmp_path):
     good = tmp_path / "run.toml"
     good.write_text('name = "mine"\nseed = 3\n[distill]\nsteps = 7\n'
-                    '[finetune]\nthetas = [{lr = 1e-4}]\n')
+                    '[agora]\nthetas = [{lr = 1e-4}]\n')
     config = PipelineConfig.from_toml(good)
     assert (config.name, config.seed, config.distill.steps) == ("mine", 3, 7)
-    assert config.finetune.thetas == [{"lr": 1e-4}] and config.teacher.epochs == 2.0
+    assert config.agora.thetas == [{"lr": 1e-4}] and config.teacher.epochs == 2.0
     assert PipelineConfig.from_toml(good, quick=True).max_train == 480
     bad = tmp_path / "bad.toml"
     bad.write_text("[distill]\nstepz = 7\n")

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import hf_config, randomize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bort import Arch, BortError, WeightsError
-from bort import _core
+from bort import Arch, BortError, WeightsError, _core
 from bort.model import BortModel
 from bort.runtime import Classifier, Encoder
-from conftest import hf_config, randomize
 
 TOL = 1e-4
 
@@ -306,3 +305,13 @@ def test_binding_checks_never_crash(b, s, lo, hi, mask_lo, mask_hi, type_hi, dty
     except ValueError:
         return
     assert out.shape == (b, s, 16) and np.all(np.isfinite(out))
+
+
+def test_dtypes_are_the_cores() -> None:
+    """The runtime's dtypes are the C++ encoder's one table, which also parses them."""
+    from bort.runtime import DTYPES
+
+    assert DTYPES == tuple(_core.DTYPES) == ("fp32", "bf16", "int8")
+    arch = Arch(hidden=16, layers=[(2, 8, 24)], vocab_size=50, max_positions=16)
+    with pytest.raises(ValueError, match="dtype 'fp8' is not available; choose from fp32, bf16"):
+        _core.Encoder(arch._to_core(), {}, 1, "fp8")

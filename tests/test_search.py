@@ -8,16 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HELD_OUT, SAMPLE
 
 from bort import Arch, ConfigError
 from bort.costs import importance
 from bort.distill import Corpus, surrogate_error
 from bort.model import BortModel
-from bort.search import (Candidate, LayerwiseSpace, optimal_subarchitecture, representatives,
-                         w_coefficient)
-from conftest import HELD_OUT, SAMPLE
+from bort.search import (
+    Candidate,
+    LayerwiseSpace,
+    optimal_subarchitecture,
+    representatives,
+    w_coefficient,
+)
 
-SMALL = dict(epsilon=0.1, representatives_count=3, steps=2, log=None)
+SMALL = dict(epsilon=0.1, representatives=3, steps=2, log=None)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +73,19 @@ def test_constraints(setup) -> None:
     assert all(x.params <= cap and 2 * x.cost <= result.maximum.cost for x in result.evaluated)
     with pytest.raises(ConfigError, match="no candidate meets"):
         optimal_subarchitecture(source, space, corpus, importance=imp, max_params=10, **SMALL)
-    with pytest.raises(ValueError, match="needs cost='latency'"):
+    with pytest.raises(ValueError, match="needs cost 'latency'"):
         optimal_subarchitecture(source, space, corpus, importance=imp, max_latency_ms=5, **SMALL)
+
+
+def test_latency_search_measures_its_table(setup, tmp_path, monkeypatch) -> None:
+    """cost "latency" without a table: the driver measures one over the space (COSTS' prepare);
+    a bound below every candidate then stops it before any surrogate run."""
+    source, corpus, space, imp = setup
+    monkeypatch.setenv("BORT_CACHE_DIR", str(tmp_path))
+    with pytest.raises(ConfigError, match="no candidate meets"):
+        optimal_subarchitecture(source, space, corpus, importance=imp, cost="latency",
+                                max_latency_ms=1e-9, cost_options={"seq_len": 16}, **SMALL)
+    assert len(list((tmp_path / "latency").glob("*.json"))) == 1
 
 
 def test_search_command(minilm_dir, tmp_path) -> None:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import HELD_OUT, SAMPLE
 
 pytestmark = pytest.mark.slow

@@ -14,12 +14,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from .arch import Arch, Layer, ParamCount
-from .errors import BortError, CheckpointError, ConfigError, WeightsError
+from .errors import BortError, CheckpointError, ConfigError, DataError, WeightsError
 
 try:
     __version__ = version("bort")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["Arch", "BortError", "CheckpointError", "ConfigError", "Layer", "ParamCount",
-           "WeightsError", "__version__"]
+__all__ = ["Arch", "BortError", "CheckpointError", "ConfigError", "DataError", "Layer",
+           "ParamCount", "WeightsError", "__version__"]

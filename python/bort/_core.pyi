@@ -3,6 +3,8 @@
 from enum import Enum
 
 __version__: str
+#: The encoder's dtypes ("fp32", "bf16", "int8"), from its one table.
+DTYPES: tuple[str, ...]
 
 class Activation(Enum):
     gelu_erf = ...

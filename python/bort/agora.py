@@ -15,28 +15,32 @@ training or selection.
 
 The loop is generic over a `Problem` (fit, predict, generate, teacher): `TextProblem` plugs in a
 `BortModel` student, a teacher and the token-sequence generators of `bort.augment`; the tests run
-it on points in 3-D as well. Every round is written to ``out`` (the state, the added points and
-the best model so far), and a rerun resumes after the last finished round.
+it on points in 3-D as well. Every round is written to ``out``: the state as JSON
+(``agora-state.json``, also the readable log of the rounds), the added points as safetensors
+(``agora-points.safetensors``; numpy arrays or `bort.finetune.Encoded` token sequences) and the
+best model so far (``best/``). A rerun resumes after the last finished round.
 
 Example:
-    >>> result = finetune_agora(student, teacher, load_task("rotten_tomatoes"),
-    ...                         "runs/agora", thetas=[{"lr": 1e-4}, {"lr": 5e-5}])  # doctest: +SKIP
+    >>> config = AgoraConfig(thetas=[{"lr": 1e-4}, {"lr": 5e-5}])
+    >>> result = finetune_agora(student, teacher, load_task("rotten_tomatoes"), "runs/agora",
+    ...                         agora_config=config)                     # doctest: +SKIP
     >>> result.test, [r["mistakes"] for r in result.rounds]                  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import json
-import os
-import pickle
 import zlib
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from .config import AgoraConfig
 from .errors import CheckpointError, ConfigError, DataError
+from .io import save_safetensors, write_json
 from .metrics import accuracy
 
 __all__ = ["AgoraConfig", "AgoraResult", "Problem", "TextProblem", "agora", "finetune_agora",
@@ -44,11 +48,27 @@ __all__ = ["AgoraConfig", "AgoraResult", "Problem", "TextProblem", "agora", "fin
 
 #: The teacher must beat this dev accuracy (the paper's "good enough" second model).
 TEACHER_THRESHOLD = 2 / 3
+#: Under ``out``: the state (JSON) and the points added so far (safetensors).
+STATE_FILE = "agora-state.json"
+POINTS_FILE = "agora-points.safetensors"
+#: The state file of bort versions that could not resume from the formats above.
+_OLD_STATE_FILE = "agora-state.pkl"
+_FORMAT = 2
+_STATE_KEYS = ("format", "round", "remaining", "rounds", "best", "teacher_dev", "done",
+               "added_points")
+#: The random stream of a round's generators, apart from its fits' streams (one per θ index).
+_GENERATE_STREAM = 1_000_003
+#: Dev scores closer than this tie when Θ is pruned.
+_TIE = 1e-12
+
+Points = Any  # a numpy array or a bort.finetune.Encoded
+Labelled = tuple[Points, np.ndarray]
 
 
 class Problem(Protocol):
     """What the loop needs from a task. Points ``X`` are whatever the problem uses (an array,
-    token sequences) as long as `take` and `concat` below work on them."""
+    token sequences) as long as `take` and `concat` below work on them; with ``out`` they must
+    be a numpy array or `bort.finetune.Encoded` (what the state file can hold)."""
 
     def fit(self, theta: dict, X: Any, y: np.ndarray, seed: int) -> Any:
         """A model trained on (X, y) with the settings ``theta``."""
@@ -84,19 +104,6 @@ def size(X: Any) -> int:
 
 
 @dataclass
-class AgoraConfig:
-    max_rounds: int = 10
-    seed: int = 0
-    #: Add the generated points (True: Agora) or only retrain and reselect each round (False:
-    #: the same loop and compute without the augmentation, the fair plain baseline).
-    augment: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_rounds < 1:
-            raise ConfigError(f"max_rounds must be >= 1, got {self.max_rounds}")
-
-
-@dataclass
 class AgoraResult:
     """The best model over all rounds and the log of each round."""
 
@@ -117,7 +124,7 @@ def prune(thetas: Sequence[int], scores: Sequence[float]) -> list[int]:
     order = sorted(range(len(thetas)), key=lambda i: (scores[i], -i))  # ties: first listed last
     worst = scores[order[0]]
     run = 1
-    while run < len(order) - 1 and np.isclose(scores[order[run]], worst, rtol=0, atol=1e-12):
+    while run < len(order) - 1 and np.isclose(scores[order[run]], worst, rtol=0, atol=_TIE):
         run += 1
     return [thetas[i] for i in reversed(order[run:])]
 
@@ -126,28 +133,222 @@ def _seed(*parts: int) -> int:
     return zlib.crc32(np.asarray(parts, np.int64).tobytes())
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+# ---------------------------------------------------------------------- the state on disk
+def _points_arrays(points: Points, labels: np.ndarray) -> tuple[dict[str, np.ndarray], str]:
+    """The arrays that hold (points, labels), and the kind of points. Token sequences are
+    stored flat, with ``offsets`` (n + 1 of them) marking where each one starts."""
+    labels = np.asarray(labels)
+    if isinstance(points, np.ndarray):
+        return {"points": points, "labels": labels}, "array"
+    from .finetune import Encoded
+
+    if not isinstance(points, Encoded):
+        raise TypeError(f"the Agora state holds points as a numpy array or bort.finetune.Encoded, "
+                        f"not {type(points).__name__}; run without out= to keep them in memory")
+    offsets = np.cumsum([0] + [len(a) for a in points.ids], dtype=np.int64)
+    empty = np.zeros(0, np.int32)
+    return {"ids": np.concatenate(points.ids) if len(points) else empty,
+            "types": np.concatenate(points.types) if len(points) else empty,
+            "offsets": offsets, "point_labels": np.asarray(points.labels),
+            "labels": labels}, "encoded"
+
+
+def _points_from(arrays: dict[str, np.ndarray], kind: str | None, path: Path) -> Points:
+    if kind == "array" and "points" in arrays:
+        return arrays["points"]
+    if kind != "encoded" or not {"ids", "types", "offsets", "point_labels"} <= arrays.keys():
+        raise CheckpointError(f"{path}: not an Agora points file")
+    from .finetune import Encoded
+
+    ids, types, offsets = arrays["ids"], arrays["types"], arrays["offsets"]
+    if (len(offsets) != len(arrays["point_labels"]) + 1 or offsets[0] != 0
+            or np.any(np.diff(offsets) < 0) or offsets[-1] != len(ids) or len(types) != len(ids)):
+        raise CheckpointError(f"{path}: the token offsets do not match the tokens")
+    spans = list(zip(offsets[:-1], offsets[1:]))
+    return Encoded([ids[a:b] for a, b in spans], [types[a:b] for a, b in spans],
+                   arrays["point_labels"])
+
+
+def _read_points(path: Path, count: int) -> Labelled:
+    """The first ``count`` added points and their labels. The file may hold more: those of a
+    round that stopped after writing its points but before its state."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "np") as f:
+            kind, names = (f.metadata() or {}).get("kind"), f.keys()
+            arrays = {k: f.get_tensor(k) for k in names}
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"{path}: unreadable Agora points ({e}); delete it and "
+                              f"{STATE_FILE} to restart") from None
+    points, labels = _points_from(arrays, kind, path), arrays.get("labels")
+    if labels is None or len(labels) != size(points) or len(labels) < count:
+        raise CheckpointError(f"{path}: holds {size(points)} points and "
+                              f"{'no' if labels is None else len(labels)} labels; "
+                              f"{STATE_FILE} counts {count} points")
+    if len(labels) > count:
+        points, labels = take(points, np.arange(count)), labels[:count]
+    return points, labels
 
 
 def _load_state(out: Path) -> dict | None:
-    path = out / "agora-state.pkl"
+    """The state a previous run left in ``out``, or None; CheckpointError naming a damaged or
+    foreign file."""
+    path = out / STATE_FILE
     if not path.is_file():
+        if (out / _OLD_STATE_FILE).is_file():
+            raise CheckpointError(f"{out / _OLD_STATE_FILE}: an Agora state of an earlier bort "
+                                  f"version, which this one cannot read; delete it and {out} / "
+                                  "best to restart")
         return None
     try:
-        with open(path, "rb") as f:
-            state = pickle.load(f)  # our own file, written by _save_state
-    except Exception as e:  # unpickling fails in many ways on a damaged file
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or JSON
         raise CheckpointError(f"{path}: unreadable Agora state ({e}); delete it to "
                               "restart") from None
-    if not isinstance(state, dict) or state.get("format") != 1:
+    if (not isinstance(state, dict) or state.get("format") != _FORMAT
+            or not set(_STATE_KEYS) <= state.keys()):
         raise CheckpointError(f"{path}: not an Agora state file")
+    count = state.pop("added_points")
+    state["added"] = _read_points(out / POINTS_FILE, count) if count else None
     return state
+
+
+def _save_state(out: Path, state: dict) -> None:
+    """Write the added points, then the state that counts them (see `_read_points`)."""
+    added = state["added"]
+    if added is not None:
+        arrays, kind = _points_arrays(*added)
+        save_safetensors(arrays, out / POINTS_FILE, {"kind": kind, "format": str(_FORMAT)})
+    record = {k: v for k, v in state.items() if k != "added"}
+    write_json(out / STATE_FILE, {**record, "added_points": size(added[0]) if added else 0})
+
+
+# ---------------------------------------------------------------------- the loop
+def _check_inputs(thetas: Sequence[dict], splits: dict[str, Labelled | None]) -> None:
+    if not thetas:
+        raise ConfigError("Agora needs at least one hyperparameter setting in Θ")
+    for split, data in splits.items():
+        if data is None:
+            continue
+        X, y = data
+        if size(X) != len(y):
+            raise DataError(f"the {split} split has {size(X)} points but {len(y)} labels")
+        if len(y) == 0:
+            raise DataError(f"the {split} split is empty; Agora learns from dev mistakes and "
+                            "needs a dev set")
+
+
+class _Run:
+    """One `agora` call: its inputs, the state a rerun resumes from (what `_save_state`
+    writes, with ``added`` the points added so far and their labels) and the best model."""
+
+    def __init__(self, problem: Problem, thetas: Sequence[dict], train: Labelled,
+                 dev: Labelled, test: Labelled | None, config: AgoraConfig, metric: Callable,
+                 log: Callable[[str], None] | None):
+        self.problem, self.thetas, self.config, self.metric = problem, thetas, config, metric
+        self.train, self.dev, self.test = train, dev, test
+        self.log = log or (lambda message: None)
+        self.state: dict = {}
+        self.best_model: Any = None
+
+    def start(self, out: Path | None) -> None:
+        """Resume from ``out``, or check the teacher and begin at round 1."""
+        state = _load_state(out) if out is not None else None
+        if state is None:
+            teacher_acc = accuracy(self.problem.teacher(self.dev[0]), self.dev[1])
+            if not teacher_acc > TEACHER_THRESHOLD:
+                raise ConfigError(f"the teacher's dev accuracy is {teacher_acc:.4f}; Agora needs "
+                                  f"a teacher above {TEACHER_THRESHOLD:.4f} to label new points")
+            state = {"format": _FORMAT, "round": 0, "remaining": list(range(len(self.thetas))),
+                     "added": None, "rounds": [], "best": None, "teacher_dev": teacher_acc,
+                     "done": False}
+            self.log(f"agora: teacher dev accuracy {teacher_acc:.4f}; |Θ| = {len(self.thetas)}")
+        else:
+            self.log(f"agora: resuming after round {state['round']} ({out})")
+        if out is not None and state["best"]:
+            self.best_model = self.problem.load(out / "best")
+        self.state = state
+
+    def pending(self) -> bool:
+        state = self.state
+        return (not state["done"] and state["round"] < self.config.max_rounds
+                and bool(state["remaining"]))
+
+    def training_set(self) -> Labelled:
+        X, y = self.train
+        if self.state["added"] is None:
+            return X, y
+        added, labels = self.state["added"]
+        return concat(X, added), np.concatenate([y, labels])
+
+    def fit_all(self, X: Points, y: np.ndarray) -> tuple[Any, float, int, list[float]]:
+        """One model per remaining θ: the best by dev score (the first of ties), its score and
+        θ, and every θ's score."""
+        r, dev = self.state["round"], self.dev
+        scores, best = [], None
+        for i in self.state["remaining"]:
+            model = self.problem.fit(self.thetas[i], X, y, _seed(self.config.seed, r, i))
+            score = self.metric(self.problem.predict(model, dev[0]), dev[1])
+            scores.append(score)
+            self.log(f"agora round {r + 1}: θ{i} {self.thetas[i]} dev {score:.4f}")
+            if best is None or score > best[1]:
+                best = (model, score, i)
+            del model  # only the best stays alive while the next θ trains
+        return (*best, scores)
+
+    def augment(self, mistakes: np.ndarray) -> int:
+        """Add points generated near the dev mistakes, labelled by the teacher; their count."""
+        rng = np.random.default_rng(_seed(self.config.seed, self.state["round"],
+                                          _GENERATE_STREAM))
+        new = self.problem.generate(take(self.dev[0], mistakes), self.dev[1][mistakes], rng)
+        if not size(new):
+            return 0
+        labels = np.asarray(self.problem.teacher(new))
+        added = self.state["added"]
+        self.state["added"] = ((new, labels) if added is None else
+                               (concat(added[0], new), np.concatenate([added[1], labels])))
+        return size(new)
+
+    def round(self, out: Path | None) -> None:
+        """Run the next round and record it in the state; its best model goes to ``out``/best
+        when it beats every earlier round's."""
+        state, r, problem, dev = self.state, self.state["round"], self.problem, self.dev
+        X, y = self.training_set()
+        spent = getattr(problem, "steps", 0)
+        model, score, i, scores = self.fit_all(X, y)
+        mistakes = np.flatnonzero(problem.predict(model, dev[0]) != dev[1])
+        entry = {"round": r + 1, "train_size": size(X), "thetas": list(state["remaining"]),
+                 "dev_scores": [float(s) for s in scores], "best_theta": i, "dev": float(score),
+                 "mistakes": int(len(mistakes))}
+        if hasattr(problem, "steps"):  # the compute this round spent, where the problem counts it
+            entry["train_steps"] = int(problem.steps - spent)
+        if self.test is not None:
+            entry["test"] = float(self.metric(problem.predict(model, self.test[0]), self.test[1]))
+        if state["best"] is None or score > state["best"]["dev"]:
+            state["best"] = {"round": r + 1, "dev": float(score), "theta": i}
+            self.best_model = model
+            if out is not None:
+                problem.save(model, out / "best")
+        state["remaining"] = prune(state["remaining"], scores)
+        grow = self.config.augment and len(mistakes) and state["remaining"]  # not after the last
+        entry["points_added"] = self.augment(mistakes) if grow else 0
+        state["rounds"].append(entry)
+        state["round"], state["done"] = r + 1, not len(mistakes)
+        self.log(f"agora round {r + 1}: best θ{i} dev {score:.4f}, {len(mistakes)} mistakes, "
+                 f"{entry['points_added']} points added"
+                 + (f", test {entry['test']:.4f}" if "test" in entry else "")
+                 + f"; Θ left {state['remaining']}")
+
+    def result(self) -> AgoraResult:
+        if self.best_model is None:
+            raise ConfigError("Agora ran no round (max_rounds reached before the first)")
+        best = self.state["best"]
+        result = AgoraResult(self.best_model, self.state["rounds"], best["round"], best["dev"])
+        if self.test is not None:
+            result.test_predictions = self.problem.predict(self.best_model, self.test[0])
+            result.test = float(self.metric(result.test_predictions, self.test[1]))
+        return result
 
 
 def agora(problem: Problem, thetas: Sequence[dict], train: tuple[Any, np.ndarray],
@@ -157,101 +358,21 @@ def agora(problem: Problem, thetas: Sequence[dict], train: tuple[Any, np.ndarray
           log: Callable[[str], None] | None = print) -> AgoraResult:
     """Run Agora (see the module docstring) and return the best model with each round's log.
 
-    ``train``/``dev``/``test`` are (points, labels). ``out`` keeps the state for resuming.
-    Raises ConfigError on an empty Θ, DataError on an empty dev set, and ConfigError when the
-    teacher's dev accuracy is not above 2/3.
+    ``train``/``dev``/``test`` are (points, labels). ``out`` keeps the state for resuming;
+    ``config`` gives ``max_rounds``, ``seed`` and ``augment`` (Θ is ``thetas``).
+    Raises ConfigError on an empty Θ, DataError on an empty dev set, ConfigError when the
+    teacher's dev accuracy is not above 2/3, and CheckpointError on a damaged state in ``out``.
     """
     config = config or AgoraConfig()
-    if not thetas:
-        raise ConfigError("Agora needs at least one hyperparameter setting in Θ")
-    for split, (X, y) in (("train", train), ("dev", dev)) + ((("test", test),) if test else ()):
-        if size(X) != len(y):
-            raise DataError(f"the {split} split has {size(X)} points but {len(y)} labels")
-        if len(y) == 0:
-            raise DataError(f"the {split} split is empty; Agora learns from dev mistakes and "
-                            "needs a dev set")
+    _check_inputs(thetas, {"train": train, "dev": dev, "test": test})
     out = Path(out) if out is not None else None
-    state = _load_state(out) if out is not None else None
-    if state is None:
-        teacher_acc = accuracy(problem.teacher(dev[0]), dev[1])
-        if not teacher_acc > TEACHER_THRESHOLD:
-            raise ConfigError(f"the teacher's dev accuracy is {teacher_acc:.4f}; Agora needs a "
-                              f"teacher above {TEACHER_THRESHOLD:.4f} to label new points")
-        state = {"format": 1, "round": 0, "remaining": list(range(len(thetas))),
-                 "added": None, "rounds": [], "best": None, "teacher_dev": teacher_acc,
-                 "done": False}
-        if log:
-            log(f"agora: teacher dev accuracy {teacher_acc:.4f}; |Θ| = {len(thetas)}")
-    elif log:
-        log(f"agora: resuming after round {state['round']} ({out})")
-    best_model = problem.load(out / "best") if out is not None and state["best"] else None
-
-    while not state["done"]:
-        r = state["round"]
-        if r >= config.max_rounds or not state["remaining"]:
-            break
-        X, y = train
-        if state["added"] is not None:
-            X, y = concat(X, state["added"][0]), np.concatenate([y, state["added"][1]])
-        scores, round_best = [], None
-        spent = getattr(problem, "steps", 0)
-        for i in state["remaining"]:
-            model = problem.fit(thetas[i], X, y, _seed(config.seed, r, i))
-            score = metric(problem.predict(model, dev[0]), dev[1])
-            scores.append(score)
-            if log:
-                log(f"agora round {r + 1}: θ{i} {thetas[i]} dev {score:.4f}")
-            if round_best is None or score > round_best[1]:
-                round_best = (model, score, i)
-            del model
-        model, score, i = round_best
-        pred = problem.predict(model, dev[0])
-        mistakes = np.flatnonzero(pred != dev[1])
-        entry = {"round": r + 1, "train_size": size(X), "thetas": list(state["remaining"]),
-                 "dev_scores": [float(s) for s in scores], "best_theta": i, "dev": float(score),
-                 "mistakes": int(len(mistakes))}
-        if hasattr(problem, "steps"):  # the compute this round spent, where the problem counts it
-            entry["train_steps"] = int(problem.steps - spent)
-        if test is not None:
-            entry["test"] = float(metric(problem.predict(model, test[0]), test[1]))
-        if state["best"] is None or score > state["best"]["dev"]:
-            state["best"] = {"round": r + 1, "dev": float(score), "theta": i}
-            best_model = model
-            if out is not None:
-                problem.save(model, out / "best")
-        added = 0
-        state["remaining"] = prune(state["remaining"], scores)
-        if config.augment and len(mistakes) and state["remaining"]:  # not after the last round
-            rng = np.random.default_rng(_seed(config.seed, r, 1_000_003))
-            new = problem.generate(take(dev[0], mistakes), dev[1][mistakes], rng)
-            if size(new):
-                labels = np.asarray(problem.teacher(new))
-                added = size(new)
-                state["added"] = ((new, labels) if state["added"] is None else
-                                  (concat(state["added"][0], new),
-                                   np.concatenate([state["added"][1], labels])))
-        entry["points_added"] = added
-        state["rounds"].append(entry)
-        state["round"] = r + 1
-        state["done"] = not len(mistakes)
-        if log:
-            log(f"agora round {r + 1}: best θ{i} dev {score:.4f}, {len(mistakes)} mistakes, "
-                f"{added} points added" + (f", test {entry['test']:.4f}" if test else "")
-                + f"; Θ left {state['remaining']}")
+    run = _Run(problem, thetas, train, dev, test, config, metric, log)
+    run.start(out)
+    while run.pending():
+        run.round(out)
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
-            _write_atomic(out / "agora-state.pkl", pickle.dumps(state))
-            _write_atomic(out / "agora.json", (json.dumps(
-                {k: v for k, v in state.items() if k != "added"}, indent=1) + "\n").encode())
-    state["done"] = True
-    if best_model is None:
-        raise ConfigError("Agora ran no round (max_rounds reached before the first)")
-    result = AgoraResult(best_model, state["rounds"], state["best"]["round"],
-                         state["best"]["dev"])
-    if test is not None:
-        result.test_predictions = problem.predict(best_model, test[0])
-        result.test = float(metric(result.test_predictions, test[1]))
-    return result
+            _save_state(out, run.state)
+    return run.result()
 
 
 # ---------------------------------------------------------------------- text tasks
@@ -309,58 +430,33 @@ class TextProblem:
         return BortModel.from_pretrained(directory)
 
 
-#: Generators by name, for `finetune_agora` and the CLI.
-GENERATORS = ("embedding", "dropout", "swap", "synonyms")
+def text_generator(model, tokenizer, config: AgoraConfig | None = None, *,
+                   vocabulary: Sequence[int] | None = None):
+    """A `bort.augment.Mix` of the generators ``config.generators`` names (entries of
+    `bort.augment.GENERATORS`) for ``model``'s tokens, ``config.per_point`` new points per
+    point; ``vocabulary`` limits the tokens the embedding generator produces."""
+    from .augment import GENERATORS, Mix
+
+    config = config or AgoraConfig()
+    return Mix([GENERATORS[name](model, tokenizer, vocabulary, config)
+                for name in config.generators], per_point=config.per_point)
 
 
-def text_generator(names: Sequence[str], model, tokenizer, *, quantile: float = 0.5,
-                   rate: float = 0.15, per_point: int = 8, vocabulary: Sequence[int] | None = None):
-    """A `bort.augment.Mix` of the named generators (see `GENERATORS`) for ``model``'s tokens;
-    ``vocabulary`` limits the tokens the embedding generator produces."""
-    from .augment import EmbeddingNeighbours, Mix, SpanSwap, Synonyms, TokenDropout, marked_tokens
-
-    unknown = sorted(set(names) - set(GENERATORS))
-    if unknown or not names:
-        raise ConfigError(f"unknown generators {unknown or names} (choose from {GENERATORS})")
-    special = marked_tokens(tokenizer)
-    made = []
-    for name in names:
-        if name == "embedding":
-            made.append(EmbeddingNeighbours.of(model, tokenizer, vocabulary, quantile=quantile,
-                                               rate=rate))
-        elif name == "dropout":
-            made.append(TokenDropout(special, rate=rate))
-        elif name == "swap":
-            made.append(SpanSwap(special))
-        else:
-            made.append(Synonyms(tokenizer, special, rate=rate))
-    return Mix(made, per_point=per_point)
-
-
-#: Θ by default: three learning rates, the rest of the fine-tuning config as given.
-DEFAULT_THETAS = [{"lr": 1e-4}, {"lr": 5e-5}, {"lr": 2e-5}]
-
-
-def finetune_agora(student, teacher, task, out: str | Path, config=None, *,
-                   thetas: Sequence[dict] = DEFAULT_THETAS, agora_config: AgoraConfig | None = None,
-                   generators: Sequence[str] = ("embedding",), quantile: float = 0.5,
-                   per_point: int = 8, log: Callable[[str], None] | None = print) -> AgoraResult:
-    """Fine-tune ``student`` on ``task`` with Agora, ``teacher`` (a fine-tuned model of the task)
-    labelling new points. Writes ``model/`` (the best student), ``metrics.json`` (test score of
-    the best, every round's log, the compute spent), ``split.json`` and the Agora state under
-    ``out``; a rerun resumes after the last finished round.
-    """
-    from .finetune import FinetuneConfig, encode_split, evaluate, with_head
+def _task_metric(task) -> Callable[[np.ndarray, np.ndarray], float]:
+    """The score of ``task.metric`` on (predictions, labels)."""
+    if task.metric == "accuracy":
+        return accuracy
     from .metrics import classification_metrics
-    from .model import _write_text_atomic
-    from .tokenize import load_tokenizer
 
-    if task.regression:
-        raise ConfigError(f"{task.name}: Agora needs a classification task (the teacher labels "
-                          "new points with classes)")
-    config = config or FinetuneConfig()
-    out = Path(out)
+    return lambda pred, gold: classification_metrics(pred, gold, task.num_labels)[task.metric]
+
+
+def _text_problem(student, teacher, task, config, agora_config: AgoraConfig):
+    """The `TextProblem` of ``task`` (both models given its head) and its encoded splits."""
     import torch
+
+    from .finetune import encode_split, with_head
+    from .tokenize import load_tokenizer
 
     torch.manual_seed(config.seed)  # a new head's initialisation is part of the run's seed
     student = with_head(student, task)
@@ -370,23 +466,42 @@ def finetune_agora(student, teacher, task, out: str | Path, config=None, *,
     tokenizer = load_tokenizer(student.source_dir, config.seq_len)
     data = {k: encode_split(tokenizer, getattr(task, k), config.seq_len)
             for k in ("train", "dev", "test")}
-    generator = text_generator(generators, teacher, tokenizer, quantile=quantile,
-                               per_point=per_point,
+    generator = text_generator(teacher, tokenizer, agora_config,
                                vocabulary=np.unique(np.concatenate(data["train"].ids)))
     problem = TextProblem(student, teacher, generator, data["dev"], config, metric=task.metric)
-    metric_fn = {"accuracy": accuracy}.get(task.metric) or (
-        lambda p, g: classification_metrics(p, g, task.num_labels)[task.metric])
-    result = agora(problem, thetas, (data["train"], data["train"].labels),
+    return problem, data
+
+
+def finetune_agora(student, teacher, task, out: str | Path, config=None,
+                   agora_config: AgoraConfig | None = None, *,
+                   log: Callable[[str], None] | None = print) -> AgoraResult:
+    """Fine-tune ``student`` on ``task`` with Agora, ``teacher`` (a fine-tuned model of the task)
+    labelling new points. ``config`` (a `bort.finetune.FinetuneConfig`) is each fit's base,
+    updated by each θ; ``agora_config`` gives Θ, the generators and the loop's settings.
+    Writes ``model/`` (the best student), ``metrics.json`` (test score of the best, every
+    round's log, the compute spent), ``split.json`` and the Agora state under ``out``; a rerun
+    resumes after the last finished round.
+    """
+    from .finetune import FinetuneConfig, evaluate
+
+    if task.regression:
+        raise ConfigError(f"{task.name}: Agora needs a classification task (the teacher labels "
+                          "new points with classes)")
+    config = config or FinetuneConfig()
+    agora_config = agora_config or AgoraConfig()
+    out = Path(out)
+    problem, data = _text_problem(student, teacher, task, config, agora_config)
+    result = agora(problem, agora_config.thetas, (data["train"], data["train"].labels),
                    (data["dev"], data["dev"].labels), (data["test"], data["test"].labels),
-                   agora_config, out=out / "agora", metric=metric_fn, log=log)
+                   agora_config, out=out / "agora", metric=_task_metric(task), log=log)
     test, _ = evaluate(result.model, data["test"])
     task.write_split(out)
     result.model.save_pretrained(out / "model", card={
         "data": f"fine-tuned on {task.name} with Agora", "metrics": {"test": test}})
-    _write_text_atomic(out / "metrics.json", json.dumps({
+    write_json(out / "metrics.json", {
         "task": task.name, "metric": task.metric, "agora": True, "test": test,
         "dev": result.dev, "best_round": result.best_round, "rounds": result.rounds,
-        "thetas": list(thetas), "generators": list(generators),
+        "thetas": list(agora_config.thetas), "generators": list(agora_config.generators),
         "train_steps": sum(e.get("train_steps", 0) for e in result.rounds),
-        "config": asdict(config)}, indent=1) + "\n")
+        "config": config.as_dict(), "agora_config": agora_config.as_dict()})
     return result

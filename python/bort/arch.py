@@ -12,9 +12,10 @@ bias and no LayerNorm; with both 0 the layer is dropped (it costs and does nothi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .errors import ConfigError
 from .weights import safetensors_names
@@ -30,6 +31,10 @@ FAMILIES = {"bert": "absolute", "roberta": "roberta", "xlm-roberta": "roberta",
             "camembert": "roberta"}
 #: config.json ``model_type`` of layer-wise architectures, which transformers cannot express.
 LAYERWISE_MODEL_TYPE = "bort"
+#: Standard deviation of the normal initialisation (transformers' ``initializer_range``).
+INITIALIZER_RANGE = 0.02
+#: How the pooler's weight is named (after any base-model prefix such as ``bert.``).
+POOLER_WEIGHT = "pooler.dense.weight"
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -231,6 +236,23 @@ class Arch:
         """Hugging Face model type written for uniform archs: "bert" or "roberta"."""
         return "roberta" if self.position_style == "roberta" else "bert"
 
+    @property
+    def max_tokens(self) -> int:
+        """The longest sequence the position table allows: RoBERTa's positions start after
+        ``pad_token_id``, so it loses ``pad_token_id + 1`` of them."""
+        offset = self.pad_token_id + 1 if self.position_style == "roberta" else 0
+        return self.max_positions - offset
+
+    def fit_to_weights(self, names: Iterable[str]) -> Arch:
+        """This architecture with the pooler the weights ``names`` have (Hugging Face or bort
+        tensor names): sentence-embedding exports often ship without one. A classification
+        head reads the pooler, so an arch with one keeps it (loading then names what is
+        missing)."""
+        if self.num_labels:
+            return self
+        has_pooler = any(name.endswith(POOLER_WEIGHT) for name in names)
+        return self if has_pooler == self.pooler else replace(self, pooler=has_pooler)
+
     def describe(self) -> str:
         """A one-line summary, e.g. ``⟨D=6, A=12, H=384, I=1536⟩`` for a uniform arch."""
         if self.is_uniform:
@@ -282,81 +304,39 @@ class Arch:
         arch = cls.from_config(config, source=str(directory / "config.json"))
         names = safetensors_names(directory)
         if names is not None and "bort_pooler" not in config:
-            has_pooler = any(n.endswith("pooler.dense.weight") for n in names)
-            if has_pooler != arch.pooler and arch.num_labels == 0:
-                arch = replace(arch, pooler=has_pooler)
+            arch = arch.fit_to_weights(names)
         return arch
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], source: str = "config") -> Arch:
         """Parse a config.json mapping (Hugging Face BERT/RoBERTa, or bort's layer-wise form)."""
-        model_type = config.get("model_type")
-        layerwise = model_type == LAYERWISE_MODEL_TYPE
-        if not layerwise and model_type not in FAMILIES:
-            raise ConfigError(f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
-                              f"bort reads {sorted(FAMILIES)} "
-                              f"(and its own {LAYERWISE_MODEL_TYPE!r})")
-        for flag in ("is_decoder", "add_cross_attention"):
-            if config.get(flag):
-                raise ConfigError(f"{source}: {flag}=true is a decoder; bort models encoders")
-        pos_type = config.get("position_embedding_type", "absolute")
-        if pos_type != "absolute":
-            raise ConfigError(f"{source}: position_embedding_type {pos_type!r} is not supported "
-                              "(bort implements absolute positions)")
-
-        def get(key: str, default: Any = None) -> Any:
-            if key in config:
-                return config[key]
-            if default is None:
-                raise ConfigError(f"{source}: missing {key!r}")
-            return default
-
+        _check_encoder_config(config, source)
+        get = _getter(config, source)
         hidden = get("hidden_size")
-        if layerwise:
-            raw = get("layers")
-            if not isinstance(raw, list):
-                raise ConfigError(f"{source}: 'layers' must be a list of {{heads, head_dim, ffn}}")
-            try:
-                layers = tuple(_as_layer(x) for x in raw)
-            except (KeyError, TypeError) as e:
-                raise ConfigError(f"{source}: bad layer entry in 'layers': {e}") from None
+        if config.get("model_type") == LAYERWISE_MODEL_TYPE:
+            layers = _layerwise_layers(get("layers"), source)
             position_style = get("position_style", "absolute")
         else:
-            heads, depth, ffn = (get("num_attention_heads"), get("num_hidden_layers"),
-                                 get("intermediate_size"))
-            for name, value in (("num_attention_heads", heads), ("hidden_size", hidden)):
-                _check_int(f"{source}: {name}", value, 1)
-            _check_int(f"{source}: num_hidden_layers", depth, 0)
-            _check_int(f"{source}: intermediate_size", ffn, 1)
-            head_dim = config.get("head_dim") or hidden // heads
-            if heads * head_dim != hidden:
-                raise ConfigError(f"{source}: hidden_size {hidden} != num_attention_heads {heads} "
-                                  f"× head_dim {head_dim}")
-            layers = (Layer(heads, head_dim, ffn),) * depth
-            position_style = FAMILIES[model_type]
-        num_labels = 0
-        architectures = config.get("architectures") or ()
-        mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
-        # transformers builds *ForMaskedLM without a pooler
-        pooler = not any(a.endswith("ForMaskedLM") for a in architectures)
-        if any("ForSequenceClassification" in a for a in architectures):
-            num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+            layers = _uniform_layers(config, get, source)
+            position_style = FAMILIES[config["model_type"]]
+        num_labels, pooler, mlm_head = _heads(config)
         pad = config.get("pad_token_id")
+        default = {f.name: f.default for f in fields(cls)}  # also transformers' defaults
         return cls(
             hidden=hidden,
             layers=layers,
             vocab_size=get("vocab_size"),
             max_positions=get("max_position_embeddings"),
-            type_vocab_size=get("type_vocab_size", 2),
-            activation=get("hidden_act", "gelu"),
-            layer_norm_eps=get("layer_norm_eps", 1e-12),
+            type_vocab_size=get("type_vocab_size", default["type_vocab_size"]),
+            activation=get("hidden_act", default["activation"]),
+            layer_norm_eps=get("layer_norm_eps", default["layer_norm_eps"]),
             position_style=position_style,
-            pad_token_id=0 if pad is None else pad,
+            pad_token_id=default["pad_token_id"] if pad is None else pad,
             pooler=bool(config.get("bort_pooler", pooler)),
             num_labels=num_labels,
             mlm_head=mlm_head,
-            dropout=get("hidden_dropout_prob", 0.1),
-            attention_dropout=get("attention_probs_dropout_prob", 0.1),
+            dropout=get("hidden_dropout_prob", default["dropout"]),
+            attention_dropout=get("attention_probs_dropout_prob", default["attention_dropout"]),
         )
 
     def to_config(self) -> dict[str, Any]:
@@ -372,7 +352,7 @@ class Arch:
             "pad_token_id": self.pad_token_id,
             "hidden_dropout_prob": self.dropout,
             "attention_probs_dropout_prob": self.attention_dropout,
-            "initializer_range": 0.02,
+            "initializer_range": INITIALIZER_RANGE,
         }
         if self.pooler != (self._head_name() != "ForMaskedLM"):  # not what transformers builds
             common["bort_pooler"] = self.pooler
@@ -433,6 +413,74 @@ class Arch:
             num_labels=self.num_labels,
             mlm_head=self.mlm_head,
         )
+
+
+def _check_encoder_config(config: Mapping[str, Any], source: str) -> None:
+    """Refuse configs of models that are not BERT-family encoders with absolute positions."""
+    model_type = config.get("model_type")
+    if model_type != LAYERWISE_MODEL_TYPE and model_type not in FAMILIES:
+        raise ConfigError(f"{source}: model_type {model_type!r} is not a BERT-family encoder; "
+                          f"bort reads {sorted(FAMILIES)} "
+                          f"(and its own {LAYERWISE_MODEL_TYPE!r})")
+    for flag in ("is_decoder", "add_cross_attention"):
+        if config.get(flag):
+            raise ConfigError(f"{source}: {flag}=true is a decoder; bort models encoders")
+    pos_type = config.get("position_embedding_type", "absolute")
+    if pos_type != "absolute":
+        raise ConfigError(f"{source}: position_embedding_type {pos_type!r} is not supported "
+                          "(bort implements absolute positions)")
+
+
+def _getter(config: Mapping[str, Any], source: str) -> Callable[..., Any]:
+    """``get(key, default=None)``: the config's value, else ``default``; a key without a
+    default is required."""
+
+    def get(key: str, default: Any = None) -> Any:
+        if key in config:
+            return config[key]
+        if default is None:
+            raise ConfigError(f"{source}: missing {key!r}")
+        return default
+
+    return get
+
+
+def _layerwise_layers(raw: Any, source: str) -> tuple[Layer, ...]:
+    """The ``layers`` list of bort's layer-wise config.json."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{source}: 'layers' must be a list of {{heads, head_dim, ffn}}")
+    try:
+        return tuple(_as_layer(x) for x in raw)
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{source}: bad layer entry in 'layers': {e}") from None
+
+
+def _uniform_layers(config: Mapping[str, Any], get: Callable[..., Any],
+                    source: str) -> tuple[Layer, ...]:
+    """The equal layers of a Hugging Face config."""
+    hidden, heads, depth, ffn = (get("hidden_size"), get("num_attention_heads"),
+                                 get("num_hidden_layers"), get("intermediate_size"))
+    for name, value in (("num_attention_heads", heads), ("hidden_size", hidden)):
+        _check_int(f"{source}: {name}", value, 1)
+    _check_int(f"{source}: num_hidden_layers", depth, 0)
+    _check_int(f"{source}: intermediate_size", ffn, 1)
+    head_dim = config.get("head_dim") or hidden // heads
+    if heads * head_dim != hidden:
+        raise ConfigError(f"{source}: hidden_size {hidden} != num_attention_heads {heads} "
+                          f"× head_dim {head_dim}")
+    return (Layer(heads, head_dim, ffn),) * depth
+
+
+def _heads(config: Mapping[str, Any]) -> tuple[int, bool, bool]:
+    """(num_labels, pooler, mlm_head) as the config's ``architectures`` name them."""
+    architectures = config.get("architectures") or ()
+    mlm_head = any(a.endswith(("ForMaskedLM", "ForPreTraining")) for a in architectures)
+    # transformers builds *ForMaskedLM without a pooler
+    pooler = not any(a.endswith("ForMaskedLM") for a in architectures)
+    num_labels = 0
+    if any("ForSequenceClassification" in a for a in architectures):
+        num_labels = len(config.get("id2label") or {}) or int(config.get("num_labels", 2))
+    return num_labels, pooler, mlm_head
 
 
 def read_config(directory: Path) -> dict[str, Any]:

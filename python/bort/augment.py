@@ -12,6 +12,10 @@ Text space:
 and a sequence pair keeps its segments. Every generator is numpy-only and seeded by the ``rng``
 it is given.
 
+`GENERATORS` names them for Agora (``AgoraConfig.generators``): each entry is a factory
+``(model, tokenizer, vocabulary, config: AgoraConfig) -> generator``, so a new generator is one
+`GENERATORS.register` call.
+
 Example:
     >>> special = marked_tokens(tokenizer)                                # doctest: +SKIP
     >>> gen = Mix([EmbeddingNeighbours.of(model, tokenizer),
@@ -21,15 +25,25 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import BortError, ConfigError
 from .finetune import Encoded
+from .registry import Registry
 
-__all__ = ["EmbeddingNeighbours", "Mix", "SpanSwap", "Synonyms", "TokenDropout",
+if TYPE_CHECKING:
+    from .config import AgoraConfig
+
+__all__ = ["GENERATORS", "EmbeddingNeighbours", "Mix", "SpanSwap", "Synonyms", "TokenDropout",
            "marked_tokens", "nn_radius"]
+
+#: Rows of the embedding table whose nearest-neighbour distances estimate the ball radius.
+RADIUS_SAMPLE = 2048
+#: Rows compared with the whole table at once while estimating it (bounds the memory).
+_RADIUS_CHUNK = 256
 
 
 def marked_tokens(tokenizer) -> list[int]:
@@ -70,8 +84,8 @@ class _Generator:
         return Encoded(ids, types, np.full(len(ids), -1, np.int64))
 
 
-def nn_radius(table: np.ndarray, quantile: float, allowed: np.ndarray, sample: int = 2048,
-              seed: int = 0) -> float:
+def nn_radius(table: np.ndarray, quantile: float, allowed: np.ndarray,
+              sample: int = RADIUS_SAMPLE, seed: int = 0) -> float:
     """The ``quantile`` of nearest-neighbour distances among the ``allowed`` rows of ``table``,
     estimated on a seeded sample of ``sample`` rows against all allowed rows."""
     if not 0 < quantile <= 1:
@@ -80,8 +94,8 @@ def nn_radius(table: np.ndarray, quantile: float, allowed: np.ndarray, sample: i
     norms = (rows * rows).sum(1)
     pick = np.random.default_rng(seed).choice(len(rows), min(sample, len(rows)), replace=False)
     nearest = []
-    for start in range(0, len(pick), 256):
-        p = pick[start:start + 256]
+    for start in range(0, len(pick), _RADIUS_CHUNK):
+        p = pick[start:start + _RADIUS_CHUNK]
         d2 = norms[p, None] + norms[None, :] - 2 * rows[p] @ rows.T
         d2[np.arange(len(p)), p] = np.inf  # not itself
         nearest.append(np.sqrt(np.maximum(d2.min(1), 0)))
@@ -257,3 +271,32 @@ class Mix(_Generator):
 
     def one(self, ids, types, rng):
         return self.generators[int(rng.integers(len(self.generators)))].one(ids, types, rng)
+
+
+# ---------------------------------------------------------------------- by name, for Agora
+Factory = Callable[..., _Generator]  # (model, tokenizer, vocabulary, config) -> generator
+
+#: Agora's generators by name: factories ``(model, tokenizer, vocabulary, config: AgoraConfig)``
+#: returning a generator (``vocabulary``: the token ids the embedding generator may produce).
+GENERATORS: Registry[Factory] = Registry("generator")
+
+
+@GENERATORS.register("embedding")
+def _embedding(model, tokenizer, vocabulary, config: AgoraConfig) -> _Generator:
+    return EmbeddingNeighbours.of(model, tokenizer, vocabulary, quantile=config.quantile,
+                                  rate=config.rate)
+
+
+@GENERATORS.register("dropout")
+def _dropout(model, tokenizer, vocabulary, config: AgoraConfig) -> _Generator:
+    return TokenDropout(marked_tokens(tokenizer), rate=config.rate)
+
+
+@GENERATORS.register("swap")
+def _swap(model, tokenizer, vocabulary, config: AgoraConfig) -> _Generator:
+    return SpanSwap(marked_tokens(tokenizer))
+
+
+@GENERATORS.register("synonyms")
+def _synonyms(model, tokenizer, vocabulary, config: AgoraConfig) -> _Generator:
+    return Synonyms(tokenizer, marked_tokens(tokenizer), rate=config.rate)

@@ -19,6 +19,7 @@ Example (inside a training loop)::
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -32,8 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .distributed import is_main
 from .errors import CheckpointError
-from .model import BortModel, load_weights, save_file_atomic
+from .io import fsync_dir, save_safetensors, write_bytes
+from .model import BortModel, load_weights
 from .weights import to_bort_names
 
 __all__ = ["TrainState", "latest_checkpoint", "resume", "save_checkpoint"]
@@ -58,12 +61,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model  # DistributedDataParallel
 
 
-def _is_writer() -> bool:
-    """Only rank 0 writes under torch.distributed."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
-
-
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {
@@ -85,11 +82,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
 def save_checkpoint(directory: str | Path, step: int, *, model: nn.Module,
                     optimizer: torch.optim.Optimizer | None = None,
                     scheduler: Any = None, data: dict[str, Any] | None = None,
@@ -102,7 +94,7 @@ def save_checkpoint(directory: str | Path, step: int, *, model: nn.Module,
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory = Path(directory)
     final = directory / f"step-{step:08d}"
-    if not _is_writer():
+    if not is_main():
         return final
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob(".tmp-step-*"):  # left by a crash mid-write
@@ -113,7 +105,8 @@ def save_checkpoint(directory: str | Path, step: int, *, model: nn.Module,
         if isinstance(model, BortModel):
             model.save_pretrained(tmp)
         else:
-            save_file_atomic(model.state_dict(), tmp / "model.safetensors")
+            save_safetensors(model.state_dict(), tmp / "model.safetensors")
+        trainer = io.BytesIO()
         torch.save({
             "format": _FORMAT,
             "step": step,
@@ -122,9 +115,8 @@ def save_checkpoint(directory: str | Path, step: int, *, model: nn.Module,
             "optimizer": optimizer.state_dict() if optimizer is not None else None,
             "scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng": _rng_state(),
-        }, tmp / _TRAINER_FILE)
-        for f in tmp.iterdir():
-            _fsync(f)
+        }, trainer)
+        write_bytes(tmp / _TRAINER_FILE, trainer.getvalue())
         if final.exists():  # the same step saved again (e.g. interrupted right after a resume)
             old = directory / f".tmp-{final.name}-old"
             os.replace(final, old)
@@ -132,6 +124,7 @@ def save_checkpoint(directory: str | Path, step: int, *, model: nn.Module,
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        fsync_dir(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -167,30 +160,40 @@ def resume(directory: str | Path, *, model: nn.Module,
     path = directory if (directory / _TRAINER_FILE).is_file() else latest_checkpoint(directory)
     if path is None:
         return None
+    trainer = _read_trainer(path / _TRAINER_FILE)
     try:
-        trainer = torch.load(path / _TRAINER_FILE, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling and I/O errors come in many types
-        raise CheckpointError(f"{path / _TRAINER_FILE}: unreadable checkpoint ({e})") from None
-    if not isinstance(trainer, dict) or trainer.get("format") != _FORMAT:
-        raise CheckpointError(f"{path / _TRAINER_FILE}: not a bort checkpoint (format "
-                              f"{trainer.get('format') if isinstance(trainer, dict) else '?'})")
-    model = _unwrap(model)
-    try:
-        if isinstance(model, BortModel):
-            model.load_checked(to_bort_names(load_weights(path)), source=str(path))
-        else:
-            model.load_state_dict(load_weights(path), strict=True)
-        if optimizer is not None:
-            if trainer["optimizer"] is None:
-                raise CheckpointError(f"{path}: saved without optimizer state")
-            optimizer.load_state_dict(trainer["optimizer"])
-        if scheduler is not None:
-            if trainer["scheduler"] is None:
-                raise CheckpointError(f"{path}: saved without scheduler state")
-            scheduler.load_state_dict(trainer["scheduler"])
+        _restore(path, trainer, _unwrap(model), optimizer, scheduler)
     except (RuntimeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: does not fit this model/optimizer ({e})") from e
     if restore_rng:
         _set_rng_state(trainer["rng"])
     return TrainState(step=trainer["step"], data=trainer["data"], extra=trainer["extra"],
                       path=path)
+
+
+def _read_trainer(path: Path) -> dict[str, Any]:
+    """The loop state in ``trainer.pt``, read with ``weights_only=True`` and its format checked."""
+    try:
+        trainer = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # refused, corrupt and unreadable files raise many types
+        raise CheckpointError(f"{path}: unreadable checkpoint ({e})") from None
+    if not isinstance(trainer, dict) or trainer.get("format") != _FORMAT:
+        raise CheckpointError(f"{path}: not a bort checkpoint (format "
+                              f"{trainer.get('format') if isinstance(trainer, dict) else '?'})")
+    return trainer
+
+
+def _restore(path: Path, trainer: dict[str, Any], model: nn.Module,
+             optimizer: torch.optim.Optimizer | None, scheduler: Any) -> None:
+    """Load the checkpoint at ``path`` into the model, and the saved states into the optimizer
+    and scheduler that are given (each must have been saved)."""
+    if isinstance(model, BortModel):
+        model.load_checked(to_bort_names(load_weights(path)), source=str(path))
+    else:
+        model.load_state_dict(load_weights(path), strict=True)
+    for name, target in (("optimizer", optimizer), ("scheduler", scheduler)):
+        if target is None:
+            continue
+        if trainer[name] is None:
+            raise CheckpointError(f"{path}: saved without {name} state")
+        target.load_state_dict(trainer[name])

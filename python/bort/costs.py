@@ -9,33 +9,42 @@
 
 Every cost is ``base(hidden) + Σ_layers layer_cost``, which is what lets the frontier table
 (csrc/frontier) run a dynamic program over layers; `decompose` is that split and `cost` its sum,
-so the table and a brute-force check compute the very same numbers.
+so the table and a brute-force check compute the very same numbers. The kinds of cost live in
+`COSTS` (a `CostKind` each: "params", "flops", "latency"); a new one is one entry there.
 
 Torch is imported only to measure (importance, latency); reading costs is torch-free.
+
+Example:
+    >>> from bort import Arch
+    >>> arch = Arch.uniform(2, 4, 64, 128)
+    >>> base, layers = decompose(arch, "params", effective=True)
+    >>> base, layers == [arch.layers[0].params(64)] * 2, COSTS.names()
+    (0.0, True, ('params', 'flops', 'latency'))
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
-import statistics
-import tempfile
-import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from . import timing
 from .arch import Arch, Layer
 from .errors import BortError, ConfigError
+from .io import save_safetensors, write_json
+from .registry import Registry
 
-__all__ = ["COST_KINDS", "Importance", "LatencyTable", "base_cost", "cost", "decompose",
-           "error_proxy", "importance", "layer_cost", "layer_map", "measure_latency"]
-
-COST_KINDS = ("params", "flops", "latency")
+__all__ = ["COSTS", "CostKind", "Importance", "LatencyTable", "base_cost", "cache_dir", "cost",
+           "decompose", "error_proxy", "importance", "layer_cost", "layer_map",
+           "measure_latency"]
 
 
 # ---------------------------------------------------------------------- latency table
@@ -88,7 +97,9 @@ class LatencyTable:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LatencyTable:
-        key = lambda s: tuple(int(x) for x in s.split(","))  # noqa: E731
+        def key(s: str) -> tuple[int, ...]:
+            return tuple(int(x) for x in s.split(","))
+
         return cls(data["batch"], data["seq_len"], data["threads"], data["backend"], data["cpu"],
                    {key(k): v for k, v in data["attention"].items()},
                    {key(k): v for k, v in data["ffn"].items()},
@@ -112,99 +123,172 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "bort"
 
 
-def _time_ms(fn, min_repeats: int = 5, min_seconds: float = 0.05) -> float:
-    """Median wall time of ``fn()`` in ms after two warm-up calls."""
-    fn(), fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < min_repeats or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+#: Where a one-layer model's sublayer sits in `bort.runtime.Encoder.sublayer_ms`, which lists
+#: embeddings, then attention and FFN of each layer, then pooler/head.
+_ATTENTION_STAGE, _FFN_STAGE = 1, 2
 
 
-def measure_latency(source: Arch, hiddens: Sequence[int], heads: Sequence[int],
-                    ffns: Sequence[int], *, head_dim: int | None = None, batch: int = 1,
-                    seq_len: int = 128, threads: int = 1, backend: str = "bort",
-                    dtype: str = "fp32", cache: bool = True) -> LatencyTable:
-    """Time every attention sublayer (``heads`` choices) and FFN sublayer (``ffns`` widths) at each
-    hidden size on this CPU; entries already in the on-disk cache are not re-measured.
+class _Timer:
+    """Times sublayers of models built like ``source`` (vocabulary, positions, pooler,
+    activation) with random weights, at ``batch`` × ``seq_len`` tokens."""
 
-    backend: "bort" (the fused encoder that will serve the model, in ``dtype``; each entry is
-    the sublayer's own time from `bort.runtime.Encoder.sublayer_ms`) or "torch" (eager fp32).
-    ``head_dim`` defaults to the source's first attention layer's. The cache file is keyed by
-    CPU model, threads, backend, batch and length.
-    """
-    import torch
+    def __init__(self, source: Arch, batch: int, seq_len: int, threads: int, dtype: str):
+        self.source, self.batch, self.seq_len = source, batch, seq_len
+        self.threads, self.dtype = threads, dtype
 
-    from . import __version__
-    from .model import BortModel, EncoderLayer
+    def arch(self, hidden: int, layers: Sequence[Layer]) -> Arch:
+        src = self.source
+        return Arch(hidden=hidden, layers=layers, vocab_size=src.vocab_size,
+                    max_positions=max(src.max_positions, self.seq_len), pooler=src.pooler,
+                    activation=src.activation)
 
-    if backend not in ("bort", "torch"):
-        raise ValueError(f"backend must be 'bort' or 'torch', got {backend!r}")
-    if head_dim is None:
-        head_dim = next((x.head_dim for x in source.layers if x.heads), 64)
-    name = f"bort-{dtype}-{__version__}" if backend == "bort" else f"torch-{torch.__version__}"
-    cpu = _cpu_model()
-    table = LatencyTable(batch, seq_len, threads, name, cpu)
-    key = json.dumps([cpu, threads, name, batch, seq_len])
-    key = hashlib.sha1(key.encode()).hexdigest()[:16]
-    path = cache_dir() / "latency" / f"{key}.json"
-    if cache and path.is_file():
-        try:
-            table = LatencyTable.from_json(json.loads(path.read_text()))
-        except (json.JSONDecodeError, KeyError, ValueError):
-            pass  # a damaged cache is measured again
+    def ids(self) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        return rng.integers(0, self.source.vocab_size, (self.batch, self.seq_len))
 
-    def single(hidden: int, layers: list[Layer]) -> Arch:
-        return Arch(hidden=hidden, layers=layers, vocab_size=source.vocab_size,
-                    max_positions=max(source.max_positions, seq_len), pooler=source.pooler,
-                    activation=source.activation)
 
-    def bort_ms(arch: Arch) -> np.ndarray:
-        """Median per-stage milliseconds (embeddings, attention and FFN per layer, head)."""
+class _BortTimer(_Timer):
+    """bort's fused encoder in ``dtype``: each entry is the sublayer's own stage time."""
+
+    @property
+    def name(self) -> str:
+        from . import __version__
+
+        return f"bort-{self.dtype}-{__version__}"
+
+    def _stages(self, arch: Arch) -> np.ndarray:
+        """Median per-stage milliseconds of one forward pass (`Encoder.sublayer_ms`)."""
+        from .model import BortModel
         from .runtime import Encoder
 
         state = {k: v.numpy() for k, v in BortModel(arch).state_dict().items()}
-        encoder = Encoder(arch, state, num_threads=threads, dtype=dtype)
-        ids = np.random.default_rng(0).integers(0, source.vocab_size, (batch, seq_len))
-        runs = [encoder.sublayer_ms(ids) for _ in range(7)]
-        return np.median(np.array(runs[2:]), axis=0)
+        encoder = Encoder(arch, state, num_threads=self.threads, dtype=self.dtype)
+        ids = self.ids()
+        return timing.median_of(lambda: encoder.sublayer_ms(ids))
+
+    def layer_ms(self, hidden: int, layer: Layer) -> float:
+        stage = _ATTENTION_STAGE if layer.heads else _FFN_STAGE
+        return float(self._stages(self.arch(hidden, [layer]))[stage])
+
+    def base_ms(self, hidden: int) -> float:
+        return float(self._stages(self.arch(hidden, [])).sum())
+
+
+class _TorchTimer(_Timer):
+    """Eager torch in fp32: a lone `EncoderLayer`, or a layer-less `BortModel` for the base."""
+
+    @property
+    def name(self) -> str:
+        import torch
+
+        return f"torch-{torch.__version__}"
+
+    def layer_ms(self, hidden: int, layer: Layer) -> float:
+        import torch
+
+        from .model import EncoderLayer
+
+        module = EncoderLayer(self.arch(hidden, [layer]), 0).eval()
+        x = torch.randn(self.batch, self.seq_len, hidden)
+        mask = torch.zeros(self.batch, 1, 1, self.seq_len)
+        return timing.median_ms(lambda: module(x, mask, False))
+
+    def base_ms(self, hidden: int) -> float:
+        import torch
+
+        from .model import BortModel
+
+        model = BortModel(self.arch(hidden, [])).eval()
+        ids = torch.from_numpy(self.ids())
+        return timing.median_ms(lambda: model(ids))
+
+
+#: The backends `measure_latency` times with.
+_TIMERS: dict[str, type[_Timer]] = {"bort": _BortTimer, "torch": _TorchTimer}
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Torch on ``threads`` threads, without autograd, for the block."""
+    import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            for hidden in hiddens:
-                x = torch.randn(batch, seq_len, hidden)
-                mask = torch.zeros(batch, 1, 1, seq_len)
-                jobs = [(table.attention, (hidden, h, head_dim), Layer(h, head_dim, 0), 1)
-                        for h in heads if h] + [(table.ffn, (hidden, f), Layer(0, 0, f), 2)
-                                                 for f in ffns if f]
-                for entries, k, spec, stage in jobs:
-                    if k in entries:
-                        continue
-                    if backend == "bort":
-                        entries[k] = float(bort_ms(single(hidden, [spec]))[stage])
-                    else:
-                        layer = EncoderLayer(single(hidden, [spec]), 0).eval()
-                        entries[k] = _time_ms(lambda: layer(x, mask, False))
-                if hidden not in table.base:
-                    if backend == "bort":
-                        table.base[hidden] = float(bort_ms(single(hidden, [])).sum())
-                    else:
-                        model = BortModel(single(hidden, [])).eval()
-                        ids = torch.randint(0, source.vocab_size, (batch, seq_len))
-                        table.base[hidden] = _time_ms(lambda: model(ids))
+            yield
     finally:
         torch.set_num_threads(before)
+
+
+def _cache_file(table: LatencyTable) -> Path:
+    """The cache file of tables measured like ``table`` (CPU, threads, backend, shape)."""
+    key = json.dumps([table.cpu, table.threads, table.backend, table.batch, table.seq_len])
+    return cache_dir() / "latency" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
+
+
+def _read_cache(path: Path, empty: LatencyTable) -> LatencyTable:
+    if path.is_file():
+        with contextlib.suppress(json.JSONDecodeError, KeyError, ValueError):
+            return LatencyTable.from_json(json.loads(path.read_text()))
+    return empty  # none yet, or a damaged one: measured again
+
+
+def _shapes(hiddens: Iterable[int], heads: Iterable[int], ffns: Iterable[int], head_dim: int,
+            attention_shapes: Iterable[tuple[int, int, int]],
+            ffn_shapes: Iterable[tuple[int, int]]) -> tuple[set, set, set]:
+    """The attention shapes, FFN shapes and hidden sizes to time: the grid of ``hiddens`` ×
+    ``heads`` / ``ffns`` joined with the explicit shapes (sublayers of size 0 cost nothing)."""
+    hiddens = set(hiddens)
+    attention = {(h, a, head_dim) for h in hiddens for a in heads}
+    attention |= {tuple(shape) for shape in attention_shapes}
+    ffn = {(h, f) for h in hiddens for f in ffns} | {tuple(shape) for shape in ffn_shapes}
+    attention = {k for k in attention if k[1] and k[2]}
+    ffn = {k for k in ffn if k[1]}
+    return attention, ffn, hiddens | {k[0] for k in attention} | {k[0] for k in ffn}
+
+
+def measure_latency(source: Arch, hiddens: Sequence[int] = (), heads: Sequence[int] = (),
+                    ffns: Sequence[int] = (), *, head_dim: int | None = None,
+                    attention_shapes: Iterable[tuple[int, int, int]] = (),
+                    ffn_shapes: Iterable[tuple[int, int]] = (), batch: int = 1,
+                    seq_len: int = 128, threads: int = 1, backend: str = "bort",
+                    dtype: str = "fp32", cache: bool = True) -> LatencyTable:
+    """Time attention and FFN sublayers and the base of each hidden size on this CPU; entries
+    already in the on-disk cache are not re-measured.
+
+    The sublayers: every ``heads`` count (of ``head_dim``, default the source's first attention
+    layer's) and ``ffns`` width at each of ``hiddens``, plus the explicit ``attention_shapes``
+    (hidden, heads, head_dim) and ``ffn_shapes`` (hidden, width), such as a space's
+    `sublayers()`; the base is timed at every hidden size any of them uses.
+
+    backend: "bort" (the fused encoder that will serve the model, in ``dtype``; each entry is
+    the sublayer's own time from `bort.runtime.Encoder.sublayer_ms`) or "torch" (eager fp32).
+    The cache file is keyed by CPU model, threads, backend, batch and length.
+    """
+    if backend not in _TIMERS:
+        raise ValueError(f"backend must be one of {tuple(_TIMERS)}, got {backend!r}")
+    if head_dim is None:
+        head_dim = next((x.head_dim for x in source.layers if x.heads), 64)
+    attention, ffn, sizes = _shapes(hiddens, heads, ffns, head_dim, attention_shapes, ffn_shapes)
+    timer = _TIMERS[backend](source, batch, seq_len, threads, dtype)
+    table = LatencyTable(batch, seq_len, threads, timer.name, _cpu_model())
+    path = _cache_file(table)
     if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(table.to_json(), f, indent=1)
-        os.replace(tmp, path)
+        table = _read_cache(path, table)
+    todo = (sorted(attention - table.attention.keys()), sorted(ffn - table.ffn.keys()),
+            sorted(sizes - table.base.keys()))
+    if not any(todo):
+        return table
+    with _torch_threads(threads):
+        for h, a, d in todo[0]:
+            table.attention[h, a, d] = timer.layer_ms(h, Layer(a, d, 0))
+        for h, f in todo[1]:
+            table.ffn[h, f] = timer.layer_ms(h, Layer(0, 0, f))
+        for h in todo[2]:
+            table.base[h] = timer.base_ms(h)
+    if cache:
+        write_json(path, table.to_json())
     return table
 
 
@@ -272,13 +356,11 @@ class Importance:
 
     def save(self, path: str | Path) -> None:
         """A safetensors file (numpy arrays; the source's config in the metadata)."""
-        from safetensors.numpy import save_file
-
         tensors = {"channels": self.channels.astype(np.float64)}
         for l, (h, n) in enumerate(zip(self.heads, self.neurons)):
             tensors[f"heads.{l}"] = h.astype(np.float64)
             tensors[f"neurons.{l}"] = n.astype(np.float64)
-        save_file(tensors, str(path), metadata={"source": json.dumps(self.source.to_config())})
+        save_safetensors(tensors, path, metadata={"source": json.dumps(self.source.to_config())})
 
     @classmethod
     def load(cls, path: str | Path) -> Importance:
@@ -296,6 +378,75 @@ class Importance:
                            f.get_tensor("channels"))
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ConfigError(f"{path}: not a bort importance file ({e})") from None
+
+
+def _head_gate(gate: Any, layer: Layer) -> Callable:
+    """A forward pre-hook of the attention's output projection that scales each head's context
+    (B, S, heads · head_dim) by its gate."""
+    def pre(_module, args):
+        (context,) = args
+        b, s, _ = context.shape
+        return (context.view(b, s, layer.heads, layer.head_dim) * gate[:, None]).view(b, s, -1),
+    return pre
+
+
+def _scale_output(gate: Any) -> Callable:
+    """A forward hook that multiplies a module's output by ``gate`` (broadcast on the last axis)."""
+    return lambda _module, _args, out: out * gate
+
+
+class _Gates:
+    """A gate g = 1 on every head, FFN neuron and hidden channel of an architecture."""
+
+    def __init__(self, arch: Arch):
+        import torch
+
+        self.heads = [torch.ones(x.heads, requires_grad=True) for x in arch.layers]
+        self.neurons = [torch.ones(x.ffn, requires_grad=True) for x in arch.layers]
+        self.channels = torch.ones(arch.hidden, requires_grad=True)
+
+    @property
+    def all(self) -> list[Any]:
+        return [*self.heads, *self.neurons, self.channels]
+
+    @contextlib.contextmanager
+    def applied(self, model: Any) -> Iterator[None]:
+        """Hooks on ``model`` that apply the gates for the block: heads before the output
+        projection, neurons after the FFN's activation, channels after every LayerNorm."""
+        hooks = [model.embeddings.LayerNorm.register_forward_hook(_scale_output(self.channels))]
+        for spec, block, head, neuron in zip(model.arch.layers, model.encoder.layer, self.heads,
+                                             self.neurons):
+            if block.attention is not None:
+                output = block.attention.output
+                hooks.append(output.dense.register_forward_pre_hook(_head_gate(head, spec)))
+                hooks.append(output.LayerNorm.register_forward_hook(_scale_output(self.channels)))
+            if block.intermediate is not None:
+                hooks.append(block.intermediate.register_forward_hook(_scale_output(neuron)))
+                hooks.append(block.output.LayerNorm.register_forward_hook(
+                    _scale_output(self.channels)))
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
+
+
+def _squared_gradients(model: Any, gates: _Gates, batches: Iterable[dict], probes: int,
+                       generator: Any) -> list[Any]:
+    """Σ (∂⟨r, output⟩/∂g)² per gate over the batches and ``probes`` draws of r each."""
+    import torch
+
+    fisher = [torch.zeros(g.shape, dtype=torch.float64) for g in gates.all]
+    for batch in batches:
+        out = model(**batch).last_hidden_state
+        for probe in range(probes):
+            r = torch.randn(out.shape, generator=generator) * batch["attention_mask"][..., None]
+            grads = torch.autograd.grad((out * r).sum(), gates.all, allow_unused=True,
+                                        retain_graph=probe < probes - 1)
+            for f, g in zip(fisher, grads):
+                if g is not None:
+                    f += g.double() ** 2
+    return fisher
 
 
 def importance(model: Any, texts: Sequence[str], tokenizer: Any = None, *, max_length: int = 128,
@@ -323,114 +474,172 @@ def importance(model: Any, texts: Sequence[str], tokenizer: Any = None, *, max_l
     """
     import torch
 
+    from .tokenize import encode
+
+    tokenizer = _importance_tokenizer(model, texts, tokenizer, max_length)
+    batches = ({k: torch.from_numpy(v) for k, v in
+                encode(tokenizer, texts[start:start + batch_size]).items()}
+               for start in range(0, len(texts), batch_size))
+    gates = _Gates(model.arch)
+    was_training = model.training
+    model.eval()
+    try:
+        with gates.applied(model):
+            fisher = _squared_gradients(model, gates, batches, probes,
+                                        torch.Generator().manual_seed(seed))
+    finally:
+        model.train(was_training)
+    draws = -(-len(texts) // batch_size) * probes
+    values = [(f / draws).numpy() for f in fisher]
+    n = len(model.arch.layers)
+    return Importance(model.arch, values[:n], values[n:2 * n], values[2 * n])
+
+
+def _importance_tokenizer(model: Any, texts: Sequence[str], tokenizer: Any,
+                          max_length: int) -> Any:
+    """Check `importance`'s arguments; the tokenizer to use."""
     from .model import BortModel
-    from .tokenize import encode, load_tokenizer
+    from .tokenize import load_tokenizer
 
     if not isinstance(model, BortModel):
         raise TypeError(f"importance needs a bort.model.BortModel, got {type(model).__name__}")
     if len(texts) == 0:
         raise ValueError("importance needs sample text; got none")
-    if tokenizer is None:
-        if model.source_dir is None:
-            raise ValueError("pass a tokenizer: the model was not loaded from a directory")
-        tokenizer = load_tokenizer(model.source_dir, max_length)
-    arch = model.arch
-    gen = torch.Generator().manual_seed(seed)
-    heads = [torch.ones(x.heads, requires_grad=True) for x in arch.layers]
-    neurons = [torch.ones(x.ffn, requires_grad=True) for x in arch.layers]
-    channels = torch.ones(arch.hidden, requires_grad=True)
-    fisher = [torch.zeros(g.shape, dtype=torch.float64) for g in (*heads, *neurons, channels)]
-
-    hooks = []
-
-    def head_gate(gate, layer):
-        def pre(_module, args):  # context (B, S, heads * head_dim) before the output projection
-            (context,) = args
-            b, s, _ = context.shape
-            return (context.view(b, s, layer.heads, layer.head_dim) * gate[:, None]).view(b, s, -1),
-        return pre
-
-    def mul_output(gate):
-        return lambda _module, _args, out: out * gate
-
-    for spec, block, hg, ng in zip(arch.layers, model.encoder.layer, heads, neurons):
-        if block.attention is not None:
-            dense = block.attention.output.dense
-            hooks.append(dense.register_forward_pre_hook(head_gate(hg, spec)))
-            hooks.append(block.attention.output.LayerNorm.register_forward_hook(mul_output(channels)))
-        if block.intermediate is not None:
-            hooks.append(block.intermediate.register_forward_hook(mul_output(ng)))
-            hooks.append(block.output.LayerNorm.register_forward_hook(mul_output(channels)))
-    hooks.append(model.embeddings.LayerNorm.register_forward_hook(mul_output(channels)))
-
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(texts), batch_size):
-            batch = {k: torch.from_numpy(v) for k, v in
-                     encode(tokenizer, texts[start:start + batch_size]).items()}
-            out = model(**batch).last_hidden_state
-            gates = [*heads, *neurons, channels]
-            for probe in range(probes):
-                r = torch.randn(out.shape, generator=gen) * batch["attention_mask"][..., None]
-                grads = torch.autograd.grad((out * r).sum(), gates, allow_unused=True,
-                                            retain_graph=probe < probes - 1)
-                for f, g in zip(fisher, grads):
-                    if g is not None:
-                        f += g.double() ** 2
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    draws = -(-len(texts) // batch_size) * probes
-    values = [(f / draws).numpy() for f in fisher]
-    n = len(arch.layers)
-    return Importance(arch, values[:n], values[n:2 * n], values[2 * n])
+    if tokenizer is not None:
+        return tokenizer
+    if model.source_dir is None:
+        raise ValueError("pass a tokenizer: the model was not loaded from a directory")
+    return load_tokenizer(model.source_dir, max_length)
 
 
 # ---------------------------------------------------------------------- the costs
 def _options(batch: int = 1, seq_len: int = 128, effective: bool = False,
              table: LatencyTable | None = None) -> dict[str, Any]:
+    """The options of the built-in kinds, with their defaults (unknown names: TypeError)."""
     return {"batch": batch, "seq_len": seq_len, "effective": effective, "table": table}
+
+
+class CostKind:
+    """A kind of inference cost the search trades against the error proxy. An architecture's
+    cost is `base` plus `layer` summed over its layers (what the frontier table's dynamic
+    program needs); `prepare` turns a search's options into those the two read, measuring what
+    they need once. Register an instance in `COSTS` to make it a choice of the search.
+
+    The built-in kinds share the options ``batch`` and ``seq_len`` (the shape costed, default
+    1 × 128), ``effective`` (params without embeddings, pooler and head) and ``table`` (a
+    `LatencyTable`)."""
+
+    #: How tables and plots label a value of this cost.
+    unit = "cost"
+
+    def layer(self, layer: Layer, hidden: int, **options: Any) -> float:
+        """The cost of one layer at a hidden size."""
+        raise NotImplementedError
+
+    def base(self, arch: Arch, **options: Any) -> float:
+        """The cost of everything but the layers: embeddings, pooler and head."""
+        raise NotImplementedError
+
+    def prepare(self, source: Arch, space: Any, **options: Any) -> dict[str, Any]:
+        """The options to cost every architecture of ``space`` (cut from ``source``) with; by
+        default, those given."""
+        return dict(options)
+
+
+class ParamsCost(CostKind):
+    """Parameter count p (``effective=True``: the encoder only)."""
+
+    unit = "parameters"
+
+    def layer(self, layer: Layer, hidden: int, **options: Any) -> float:
+        _options(**options)
+        return float(layer.params(hidden))
+
+    def base(self, arch: Arch, **options: Any) -> float:
+        if _options(**options)["effective"]:
+            return 0.0
+        p = arch.params()
+        return float(p.embeddings + p.pooler + p.head)
+
+
+class FlopsCost(CostKind):
+    """FLOPs of one forward pass at ``batch`` × ``seq_len`` (`Arch.flops`)."""
+
+    unit = "FLOPs"
+
+    def layer(self, layer: Layer, hidden: int, **options: Any) -> float:
+        o = _options(**options)
+        return float(layer.flops(hidden, o["batch"], o["seq_len"]))
+
+    def base(self, arch: Arch, **options: Any) -> float:
+        o = _options(**options)
+        return float(arch.with_layers(()).flops(o["batch"], o["seq_len"]))
+
+
+class LatencyCost(CostKind):
+    """Milliseconds on this CPU, summed from the sublayer times of ``table``."""
+
+    unit = "ms"
+    #: `prepare` options that shape the measurement only (see `measure_latency`).
+    MEASURE_OPTIONS = ("threads", "backend", "dtype", "cache")
+
+    def layer(self, layer: Layer, hidden: int, **options: Any) -> float:
+        table = self._table(options)
+        return table.attention_ms(hidden, layer) + table.ffn_ms(hidden, layer)
+
+    def base(self, arch: Arch, **options: Any) -> float:
+        return self._table(options).base_ms(arch.hidden)
+
+    def prepare(self, source: Arch, space: Any, **options: Any) -> dict[str, Any]:
+        """Unless ``table`` is given, measure one covering every sublayer of ``space`` and of
+        ``source`` (the maximum point); ``threads``, ``backend``, ``dtype`` and ``cache`` pass
+        to `measure_latency`."""
+        measure = {k: options.pop(k) for k in self.MEASURE_OPTIONS if k in options}
+        o = _options(**options)
+        if o["table"] is not None:
+            if measure:
+                raise TypeError(f"{', '.join(measure)}: no measurement to shape, a table is given")
+            return options
+        attention, ffn, hiddens = space.sublayers()
+        attention |= {(source.hidden, x.heads, x.head_dim) for x in source.layers}
+        ffn |= {(source.hidden, x.ffn) for x in source.layers}
+        table = measure_latency(source, sorted(hiddens | {source.hidden}),
+                                attention_shapes=attention, ffn_shapes=ffn, batch=o["batch"],
+                                seq_len=o["seq_len"], **measure)
+        return {**options, "table": table}
+
+    @staticmethod
+    def _table(options: dict[str, Any]) -> LatencyTable:
+        table = _options(**options)["table"]
+        if table is None:
+            raise ValueError("cost kind 'latency' needs a LatencyTable: pass table= "
+                             "(bort.costs.measure_latency, or COSTS['latency'].prepare)")
+        return table
+
+
+#: The kinds of cost by name: ``cost(arch, kind)`` and the search's ``cost`` setting.
+COSTS: Registry[CostKind] = Registry("cost kind")
+COSTS.register("params", ParamsCost())
+COSTS.register("flops", FlopsCost())
+COSTS.register("latency", LatencyCost())
 
 
 def layer_cost(layer: Layer, hidden: int, kind: str = "flops", **options: Any) -> float:
     """The cost of one layer at a hidden size; options as in `decompose`."""
-    o = _options(**options)
-    if kind == "params":
-        return float(layer.params(hidden))
-    if kind == "flops":
-        return float(layer.flops(hidden, o["batch"], o["seq_len"]))
-    if kind == "latency":
-        table = _table(o)
-        return table.attention_ms(hidden, layer) + table.ffn_ms(hidden, layer)
-    raise ValueError(f"unknown cost kind {kind!r}; expected one of {COST_KINDS}")
+    return float(COSTS[kind].layer(layer, hidden, **options))
 
 
 def base_cost(arch: Arch, kind: str = "flops", **options: Any) -> float:
     """The cost of everything but the layers: embeddings, pooler and head."""
-    o = _options(**options)
-    if kind == "params":
-        p = arch.params()
-        return 0.0 if o["effective"] else float(p.embeddings + p.pooler + p.head)
-    if kind == "flops":
-        return float(arch.with_layers(()).flops(o["batch"], o["seq_len"]))
-    if kind == "latency":
-        return _table(o).base_ms(arch.hidden)
-    raise ValueError(f"unknown cost kind {kind!r}; expected one of {COST_KINDS}")
-
-
-def _table(options: dict[str, Any]) -> LatencyTable:
-    if options["table"] is None:
-        raise ValueError("cost kind 'latency' needs a LatencyTable (bort.costs.measure_latency)")
-    return options["table"]
+    return float(COSTS[kind].base(arch, **options))
 
 
 def decompose(arch: Arch, kind: str = "flops", **options: Any) -> tuple[float, list[float]]:
     """``(base, per-layer costs)`` with ``cost(arch) == base + sum(per-layer)``.
 
-    kind: "params" (``effective=True``: the encoder only, without embeddings, pooler and head),
-    "flops" (at ``batch`` × ``seq_len``, default 1 × 128) or "latency" (ms, from ``table``).
+    kind: a name in `COSTS`: "params" (``effective=True``: the encoder only, without
+    embeddings, pooler and head), "flops" (at ``batch`` × ``seq_len``, default 1 × 128) or
+    "latency" (ms, from ``table``).
     """
     return (base_cost(arch, kind, **options),
             [layer_cost(x, arch.hidden, kind, **options) for x in arch.layers])

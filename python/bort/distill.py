@@ -20,9 +20,8 @@ GPU), each rank reading its share of every batch, rank 0 writing. Checkpoints go
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,43 +30,37 @@ from torch import nn
 
 from .checkpoint import resume as resume_checkpoint
 from .checkpoint import save_checkpoint
+from .config import DistillConfig
+from .distributed import world as world_of
 from .errors import BortError, ConfigError
 from .model import BortModel
 from .tokenize import encode, load_tokenizer
-from .training import adamw, seed_everything, warmup_linear
+from .training import (
+    Progress,
+    adamw,
+    checkpoint_on_interrupt,
+    parallel,
+    seed_everything,
+    warmup_linear,
+)
 from .training import step as optimizer_step
-from .training import world as world_of
 
 __all__ = ["Corpus", "DistillConfig", "distill", "surrogate_error"]
 
-
-@dataclass
-class DistillConfig:
-    steps: int = 1000
-    batch_size: int = 32  # sequences per step, over all ranks
-    seq_len: int = 128
-    lr: float = 1e-4
-    warmup: float = 0.01  # fraction of the steps
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    mask_rate: float = 0.15
-    hidden_weight: float = 1.0
-    attention_weight: float = 1.0
-    mlm_weight: float = 0.1  # Bort's release: 0.1 · cross-entropy
-    logit_weight: float = 0.5  # ... + 0.5 · T² · KL at temperature T
-    temperature: float = 2.0
-    eval_every: int = 100
-    eval_sequences: int = 64
-    checkpoint_every: int = 200
-    seed: int = 0
-    bf16: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.mask_rate < 1:
-            raise ConfigError(f"mask_rate must be in [0, 1), got {self.mask_rate}")
+#: Architecture fields a student shares with its teacher: both read the same tokens.
+_SHARED = ("vocab_size", "type_vocab_size", "position_style", "pad_token_id")
+#: Mask tokens of BERT's and RoBERTa's vocabularies, and the special tokens never masked.
+_MASK_TOKENS = ("[MASK]", "<mask>")
+_SPECIAL_TOKENS = ("[CLS]", "[SEP]", "<s>", "</s>", "[PAD]", "<pad>")
+#: Label of the positions left unmasked (``F.cross_entropy``'s ``ignore_index``).
+_UNMASKED = -100
+#: Sequences per forward pass of a held-out evaluation.
+EVAL_BATCH = 16
+#: A step's masks come from a generator seeded ``seed * _STEP_SEEDS + step`` (a prime, so runs
+#: of different seeds do not share masks), the held-out set's from ``seed + 1``.
+_STEP_SEEDS = 1_000_003
+#: Probabilities are clamped to this before their log (a softmax may underflow to 0).
+_PROB_FLOOR = 1e-12
 
 
 class Corpus:
@@ -167,14 +160,15 @@ class _Distiller(nn.Module):
             if a_s is None or a_t is None or a_s.shape != a_t.shape:
                 continue
             rows = mask[:, None, :, None].expand_as(a_t) & mask[:, None, None, :].expand_as(a_t)
-            kl = a_t * (torch.log(a_t.clamp_min(1e-12)) - torch.log(a_s.clamp_min(1e-12)))
+            kl = a_t * (torch.log(a_t.clamp_min(_PROB_FLOOR))
+                        - torch.log(a_s.clamp_min(_PROB_FLOOR)))
             attention = attention + kl[rows].sum() / mask.sum() / a_t.shape[1]
             matched += 1
         if matched:
             attention = attention / matched
         parts = {"hidden": hidden, "attention": attention}
         if self.mlm:
-            masked = batch["labels"] >= 0
+            masked = batch["labels"] != _UNMASKED
             if masked.any():
                 s_logits, t_logits = out.mlm_logits[masked], target.mlm_logits[masked]
                 t = self.temperature
@@ -185,6 +179,125 @@ class _Distiller(nn.Module):
             else:  # nothing masked in this batch: zero, still on the graph (DDP needs it)
                 parts["mlm"] = parts["logits"] = out.mlm_logits.sum() * 0
         return parts
+
+
+class _Masker:
+    """Tokenises a batch of texts and masks ``rate`` of its tokens (never special ones), as
+    BERT's pre-training does; ``labels`` hold the original ids at masked positions, else
+    `_UNMASKED`."""
+
+    def __init__(self, tokenizer, rate: float):
+        self.tokenizer, self.rate = tokenizer, rate
+        bert, roberta = _MASK_TOKENS
+        self.mask_id = tokenizer.token_to_id(bert) or tokenizer.token_to_id(roberta)
+        if self.mask_id is None:
+            raise BortError("the teacher's tokenizer has no [MASK] / <mask> token")
+        special = {tokenizer.token_to_id(t) for t in _SPECIAL_TOKENS}
+        self.keep = torch.tensor(sorted(special - {None}))
+
+    def __call__(self, texts: list[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        batch = {k: torch.from_numpy(v) for k, v in encode(self.tokenizer, texts).items()}
+        ids = batch["input_ids"]
+        maskable = batch["attention_mask"].bool() & ~torch.isin(ids, self.keep)
+        hit = (torch.rand(ids.shape, generator=gen) < self.rate) & maskable
+        batch["input_ids"] = torch.where(hit, torch.full_like(ids, self.mask_id), ids)
+        batch["labels"] = torch.where(hit, ids, torch.full_like(ids, _UNMASKED))
+        return batch
+
+
+class _Run:
+    """One distillation run: the student with its projections, optimizer, schedule, history and
+    the steps taken, with a method per phase of the loop."""
+
+    def __init__(self, teacher: BortModel, student: BortModel, corpus: Corpus, out: Path,
+                 config: DistillConfig, ranks: tuple[int, int], masker: _Masker):
+        self.teacher, self.corpus, self.config = teacher, corpus, config
+        self.rank, self.world = ranks
+        self.masker = masker
+        self.checkpoints = out / "checkpoints"
+        seed_everything(config.seed)
+        teacher.eval().requires_grad_(False)
+        for head in (student.pooler, student.classifier):  # no loss reaches them here
+            if head is not None:
+                head.requires_grad_(False)
+        self.module = _Distiller(student, teacher, config.temperature)
+        self.model = parallel(self.module, self.world)
+        self.opt = adamw(self.module, config.lr, config.weight_decay)
+        self.sched = warmup_linear(self.opt, config.steps, config.warmup)
+        self.history: dict[str, list] = {"train_loss": [], "eval_loss": []}
+        self.start = self.done = 0  # done: optimizer steps taken (Ctrl-C may follow a step)
+
+    def resume(self) -> None:
+        state = resume_checkpoint(self.checkpoints, model=self.module, optimizer=self.opt,
+                                  scheduler=self.sched)
+        if state is not None:
+            self.start = self.done = state.step
+            self.history = state.extra.get("history", self.history)
+
+    def save(self, step: int) -> int:
+        save_checkpoint(self.checkpoints, step, model=self.module, optimizer=self.opt,
+                        scheduler=self.sched, extra={"history": self.history,
+                                                     "config": self.config.as_dict()})
+        return step
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted distillation loss of one (masked) batch."""
+        config = self.config
+        with torch.no_grad():
+            target = self.teacher(batch["input_ids"], batch["attention_mask"],
+                                  batch["token_type_ids"], output_hidden_states=True,
+                                  output_attentions=True, output_mlm=self.module.mlm)
+        with torch.autocast("cpu", torch.bfloat16, enabled=config.bf16):
+            parts = self.model(batch, target)
+        loss = config.hidden_weight * parts["hidden"] + config.attention_weight * parts["attention"]
+        if self.module.mlm:
+            loss = loss + config.mlm_weight * parts["mlm"] + config.logit_weight * parts["logits"]
+        return loss
+
+    def evaluate(self) -> float:
+        """The mean loss over ``eval_sequences`` held-out lines (repeated when there are fewer),
+        with the same masks every time."""
+        config, held_out = self.config, self.corpus.eval
+        gen = torch.Generator().manual_seed(config.seed + 1)
+        repeat = math.ceil(config.eval_sequences / len(held_out))
+        texts = (held_out * repeat)[:config.eval_sequences]
+        self.module.eval()
+        with torch.no_grad():
+            losses = [self.loss(self.masker(texts[i:i + EVAL_BATCH], gen)).item()
+                      for i in range(0, len(texts), EVAL_BATCH)]
+        self.module.train()
+        return float(np.mean(losses))
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step on this rank's share of the step's batch; the batch's loss."""
+        config = self.config
+        gen = torch.Generator().manual_seed(config.seed * _STEP_SEEDS + step)
+        texts = self.corpus.batch(step, config.batch_size, config.seed)
+        share = config.batch_size // self.world
+        batch = self.masker(texts, gen)
+        batch = {k: v[self.rank * share:(self.rank + 1) * share] for k, v in batch.items()}
+        value = optimizer_step(self.loss(batch), self.module, self.opt, self.sched, config.clip,
+                               self.world)
+        self.done = step + 1
+        self.history["train_loss"].append((step + 1, value))
+        return value
+
+    def run(self, log: Callable[[str], None] | None, progress: bool) -> None:
+        """Train from the step reached to the last, evaluating and checkpointing on schedule."""
+        config, history = self.config, self.history
+        self.module.train()
+        with (Progress(progress, config.steps, self.start, "distill") as bar,
+              checkpoint_on_interrupt(lambda: self.save(self.done), log)):
+            if self.start == 0:
+                history["eval_loss"].append((0, self.evaluate()))
+            for step in range(self.start + 1, config.steps + 1):  # step: steps done after it
+                bar.step(self.train_step(step - 1))
+                if step % config.eval_every == 0 or step == config.steps:
+                    history["eval_loss"].append((step, self.evaluate()))
+                    if log:
+                        log(f"step {step}: held-out loss {history['eval_loss'][-1][1]:.4f}")
+                if step % config.checkpoint_every == 0:
+                    self.save(step)
 
 
 def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | Path,
@@ -198,7 +311,7 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     candidate per rank). Raises ConfigError when the two models do not read the same tokens.
     """
     config = config or DistillConfig()
-    for f in ("vocab_size", "type_vocab_size", "position_style", "pad_token_id"):
+    for f in _SHARED:
         if getattr(student.arch, f) != getattr(teacher.arch, f):
             raise ConfigError(f"student {f} {getattr(student.arch, f)!r} differs from the "
                               f"teacher's {getattr(teacher.arch, f)!r}: both must read the same "
@@ -209,109 +322,14 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     rank, world = world_of() if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    tokenizer = load_tokenizer(teacher.source_dir, config.seq_len)
-    mask_id = tokenizer.token_to_id("[MASK]") or tokenizer.token_to_id("<mask>")
-    if mask_id is None:
-        raise BortError("the teacher's tokenizer has no [MASK] / <mask> token")
-    special = {tokenizer.token_to_id(t)
-               for t in ("[CLS]", "[SEP]", "<s>", "</s>", "[PAD]", "<pad>")}
-
-    seed_everything(config.seed)
-    teacher.eval().requires_grad_(False)
-    for head in (student.pooler, student.classifier):  # no loss reaches them here
-        if head is not None:
-            head.requires_grad_(False)
-    module = _Distiller(student, teacher, config.temperature)
-    model: nn.Module = module
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(module)
-    opt = adamw(module, config.lr, config.weight_decay)
-    sched = warmup_linear(opt, config.steps, config.warmup)
-    history = {"train_loss": [], "eval_loss": []}
-    start = 0
+    masker = _Masker(load_tokenizer(teacher.source_dir, config.seq_len), config.mask_rate)
+    run = _Run(teacher, student, corpus, out, config, (rank, world), masker)
     if resume:
-        state = resume_checkpoint(out / "checkpoints", model=module, optimizer=opt, scheduler=sched)
-        if state is not None:
-            start = state.step
-            history = state.extra.get("history", history)
-
-    def tensors(texts: list[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
-        batch = {k: torch.from_numpy(v) for k, v in encode(tokenizer, texts).items()}
-        ids = batch["input_ids"]
-        keep = torch.tensor(sorted(special - {None}))
-        maskable = batch["attention_mask"].bool() & ~torch.isin(ids, keep)
-        hit = (torch.rand(ids.shape, generator=gen) < config.mask_rate) & maskable
-        batch["input_ids"] = torch.where(hit, torch.full_like(ids, mask_id), ids)
-        batch["labels"] = torch.where(hit, ids, torch.full_like(ids, -100))
-        return batch
-
-    def loss_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.no_grad():
-            target = teacher(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"],
-                             output_hidden_states=True, output_attentions=True,
-                             output_mlm=module.mlm)
-        with torch.autocast("cpu", torch.bfloat16, enabled=config.bf16):
-            parts = model(batch, target)
-        loss = config.hidden_weight * parts["hidden"] + config.attention_weight * parts["attention"]
-        if module.mlm:
-            loss = loss + config.mlm_weight * parts["mlm"] + config.logit_weight * parts["logits"]
-        return loss
-
-    def evaluate() -> float:
-        gen = torch.Generator().manual_seed(config.seed + 1)
-        repeat = math.ceil(config.eval_sequences / len(corpus.eval))
-        texts = (corpus.eval * repeat)[:config.eval_sequences]
-        module.eval()
-        with torch.no_grad():
-            losses = [loss_of(tensors(texts[i:i + 16], gen)).item()
-                      for i in range(0, len(texts), 16)]
-        module.train()
-        return float(np.mean(losses))
-
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.steps, initial=start, desc="distill", unit="step")
-    module.train()
-    step = done = start  # done: optimizer steps taken (a Ctrl-C may come after opt.step)
-    try:
-        if start == 0:
-            history["eval_loss"].append((0, evaluate()))
-        for step in range(start, config.steps):
-            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-            texts = corpus.batch(step, config.batch_size, config.seed)
-            share = config.batch_size // world
-            batch = tensors(texts, gen)
-            batch = {k: v[rank * share:(rank + 1) * share] for k, v in batch.items()}
-            loss = loss_of(batch)
-            value = optimizer_step(loss, module, opt, sched, config.clip, world)
-            done = step + 1
-            history["train_loss"].append((step + 1, value))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
-            if (step + 1) % config.eval_every == 0 or step + 1 == config.steps:
-                history["eval_loss"].append((step + 1, evaluate()))
-                if log and rank == 0:
-                    log(f"step {step + 1}: held-out loss {history['eval_loss'][-1][1]:.4f}")
-            if (step + 1) % config.checkpoint_every == 0:
-                save_checkpoint(out / "checkpoints", step + 1, model=module, optimizer=opt,
-                                scheduler=sched, extra={"history": history,
-                                                        "config": asdict(config)})
-        step = config.steps
-    except KeyboardInterrupt:
-        save_checkpoint(out / "checkpoints", done, model=module, optimizer=opt, scheduler=sched,
-                        extra={"history": history, "config": asdict(config)})
-        if log and rank == 0:
-            log(f"interrupted at step {done}: checkpoint written; rerun with resume to go on")
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+        run.resume()
+    run.run(log if rank == 0 else None, progress and rank == 0)
     if rank == 0:
         student.save_pretrained(out / "student", card={"data": "distilled on a text corpus"})
-    return {"step": step, **history}
+    return {"step": config.steps, **run.history}
 
 
 def surrogate_error(arch, teacher: BortModel, corpus: Corpus, steps: int, seed: int = 0, *,

@@ -25,6 +25,8 @@ from .model import BortModel
 __all__ = ["INPUT_NAMES", "export_onnx"]
 
 INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+#: Shape of the example batch the exporter traces (both axes stay dynamic in the graph).
+_EXAMPLE_BATCH, _EXAMPLE_TOKENS = 2, 8
 
 
 class _Graph(nn.Module):
@@ -50,9 +52,9 @@ def export_onnx(model: BortModel, path: str | Path, *, opset: int = 18) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
     graph = _Graph(model).eval()
-    n = min(model.arch.max_positions - model.arch.pad_token_id - 2, 8)
-    example = (torch.full((2, n), model.arch.pad_token_id + 1, dtype=torch.long),
-               torch.ones(2, n, dtype=torch.long), torch.zeros(2, n, dtype=torch.long))
+    shape = (_EXAMPLE_BATCH, min(model.arch.max_tokens, _EXAMPLE_TOKENS))
+    example = (torch.full(shape, model.arch.pad_token_id + 1, dtype=torch.long),
+               torch.ones(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long))
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
     outputs = ["last_hidden_state"] + (["logits"] if model.arch.num_labels else [])
     log = logging.getLogger("torch.onnx")

@@ -21,14 +21,15 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from .arch import Arch
-from .costs import Importance, importance as measure_importance, layer_map
+from .arch import Arch, Layer
+from .costs import Importance, layer_map
+from .costs import importance as measure_importance
 from .errors import ConfigError
 from .model import BortModel
 
@@ -88,6 +89,33 @@ def extract(source: BortModel, target: Arch, sample_texts: Sequence[str] | None 
     heads, another vocabulary).
     """
     src = source.arch
+    _check_target(target, src)
+    if importance is None:
+        importance = (measure_importance(source, sample_texts) if sample_texts
+                      else magnitude_importance(source))
+    if not importance.matches(src):
+        raise ConfigError("the importance table was measured on another architecture")
+    mapping = layer_map(target, src, importance)
+    _check_layers(target, src, mapping)
+
+    c = _top(importance.channels, target.hidden)  # kept hidden channels
+    old = source.state_dict()
+    new = _embeddings(old, c)
+    for t, (l, layer) in enumerate(zip(mapping, target.layers)):
+        new.update(_layer(old, c, importance, (t, layer), (l, src.layers[l])))
+    new.update(_heads(old, c, target))
+
+    model = BortModel(target, id2label=source.id2label if target.num_labels else None,
+                      problem_type=source.problem_type,
+                      card={**source.card, "source": str(source.source_dir or "a BortModel"),
+                            "extracted": f"{src.describe()} → {target.describe()}"})
+    model.load_checked({k: v.clone().contiguous() for k, v in new.items()}, source="extraction")
+    model.source_dir = source.source_dir  # its tokenizer goes with it
+    return model
+
+
+def _check_target(target: Arch, src: Arch) -> None:
+    """Refuse a target that does not share the source's tokens or has parts the source lacks."""
     for f in _SHARED:
         if getattr(target, f) != getattr(src, f):
             raise ConfigError(f"target {f} {getattr(target, f)!r} differs from the source's "
@@ -101,12 +129,10 @@ def extract(source: BortModel, target: Arch, sample_texts: Sequence[str] | None 
     if target.num_labels and target.num_labels != src.num_labels:
         raise ConfigError(f"the target's head has {target.num_labels} labels, the source's "
                           f"{src.num_labels}")
-    if importance is None:
-        importance = (measure_importance(source, sample_texts) if sample_texts
-                      else magnitude_importance(source))
-    if not importance.matches(src):
-        raise ConfigError("the importance table was measured on another architecture")
-    mapping = layer_map(target, src, importance)
+
+
+def _check_layers(target: Arch, src: Arch, mapping: Sequence[int]) -> None:
+    """Refuse a target layer larger than the source layer it is cut from."""
     for t, (l, layer) in enumerate(zip(mapping, target.layers)):
         s = src.layers[l]
         wider = layer.heads and layer.head_dim > s.head_dim
@@ -115,34 +141,52 @@ def extract(source: BortModel, target: Arch, sample_texts: Sequence[str] | None 
                               f"{layer.ffn}) is not a part of source layer {l} ({s.heads} heads × "
                               f"{s.head_dim}, FFN {s.ffn})")
 
-    c = _top(importance.channels, target.hidden)  # kept hidden channels
-    old = source.state_dict()
-    new: dict[str, torch.Tensor] = {}
-    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
-        new[f"embeddings.{name}.weight"] = old[f"embeddings.{name}.weight"][:, c]
+
+Tensors = dict[str, torch.Tensor]
+
+
+def _embeddings(old: Tensors, c: torch.Tensor) -> Tensors:
+    """The embedding tables and LayerNorm at the kept channels ``c``."""
+    new = {f"embeddings.{name}.weight": old[f"embeddings.{name}.weight"][:, c]
+           for name in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
     for p in ("weight", "bias"):
         new[f"embeddings.LayerNorm.{p}"] = old[f"embeddings.LayerNorm.{p}"][c]
-    for t, (l, layer) in enumerate(zip(mapping, target.layers)):
-        s, pt, ps = src.layers[l], f"encoder.layer.{t}.", f"encoder.layer.{l}."
-        if layer.heads:
-            h = _top(importance.heads[l], layer.heads)
-            rows = (h[:, None] * s.head_dim + torch.arange(layer.head_dim)[None]).reshape(-1)
-            for part in ("query", "key", "value"):
-                w = old[f"{ps}attention.self.{part}.weight"]
-                new[f"{pt}attention.self.{part}.weight"] = w[rows][:, c]
-                bias = old[f"{ps}attention.self.{part}.bias"]
-                new[f"{pt}attention.self.{part}.bias"] = bias[rows]
-            new[f"{pt}attention.output.dense.weight"] = (
-                old[f"{ps}attention.output.dense.weight"][c][:, rows])
-            for p in ("dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
-                new[f"{pt}attention.output.{p}"] = old[f"{ps}attention.output.{p}"][c]
-        if layer.ffn:
-            j = _top(importance.neurons[l], layer.ffn)
-            new[f"{pt}intermediate.dense.weight"] = old[f"{ps}intermediate.dense.weight"][j][:, c]
-            new[f"{pt}intermediate.dense.bias"] = old[f"{ps}intermediate.dense.bias"][j]
-            new[f"{pt}output.dense.weight"] = old[f"{ps}output.dense.weight"][c][:, j]
-            for p in ("dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
-                new[f"{pt}output.{p}"] = old[f"{ps}output.{p}"][c]
+    return new
+
+
+def _layer(old: Tensors, c: torch.Tensor, importance: Importance, target: tuple[int, Layer],
+           source: tuple[int, Layer]) -> Tensors:
+    """Target layer ``target`` (index, shape) cut from source layer ``source``: the source's
+    most important heads (their first ``head_dim`` rows) and neurons, at the kept channels
+    ``c``."""
+    (t, layer), (l, s) = target, source
+    pt, ps = f"encoder.layer.{t}.", f"encoder.layer.{l}."
+    new: Tensors = {}
+    if layer.heads:
+        h = _top(importance.heads[l], layer.heads)
+        rows = (h[:, None] * s.head_dim + torch.arange(layer.head_dim)[None]).reshape(-1)
+        for part in ("query", "key", "value"):
+            w = old[f"{ps}attention.self.{part}.weight"]
+            new[f"{pt}attention.self.{part}.weight"] = w[rows][:, c]
+            bias = old[f"{ps}attention.self.{part}.bias"]
+            new[f"{pt}attention.self.{part}.bias"] = bias[rows]
+        new[f"{pt}attention.output.dense.weight"] = (
+            old[f"{ps}attention.output.dense.weight"][c][:, rows])
+        for p in ("dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
+            new[f"{pt}attention.output.{p}"] = old[f"{ps}attention.output.{p}"][c]
+    if layer.ffn:
+        j = _top(importance.neurons[l], layer.ffn)
+        new[f"{pt}intermediate.dense.weight"] = old[f"{ps}intermediate.dense.weight"][j][:, c]
+        new[f"{pt}intermediate.dense.bias"] = old[f"{ps}intermediate.dense.bias"][j]
+        new[f"{pt}output.dense.weight"] = old[f"{ps}output.dense.weight"][c][:, j]
+        for p in ("dense.bias", "LayerNorm.weight", "LayerNorm.bias"):
+            new[f"{pt}output.{p}"] = old[f"{ps}output.{p}"][c]
+    return new
+
+
+def _heads(old: Tensors, c: torch.Tensor, target: Arch) -> Tensors:
+    """The pooler, classification head and MLM head the target has, at the kept channels."""
+    new: Tensors = {}
     if target.pooler:
         new["pooler.dense.weight"] = old["pooler.dense.weight"][c][:, c]
         new["pooler.dense.bias"] = old["pooler.dense.bias"][c]
@@ -155,11 +199,4 @@ def extract(source: BortModel, target: Arch, sample_texts: Sequence[str] | None 
         for p in ("transform.dense.bias", "transform.LayerNorm.weight", "transform.LayerNorm.bias"):
             new[f"{head}{p}"] = old[f"{head}{p}"][c]
         new[f"{head}bias"] = old[f"{head}bias"]
-
-    model = BortModel(target, id2label=source.id2label if target.num_labels else None,
-                      problem_type=source.problem_type,
-                      card={**source.card, "source": str(source.source_dir or "a BortModel"),
-                            "extracted": f"{src.describe()} → {target.describe()}"})
-    model.load_checked({k: v.clone().contiguous() for k, v in new.items()}, source="extraction")
-    model.source_dir = source.source_dir  # its tokenizer goes with it
-    return model
+    return new

@@ -21,59 +21,42 @@ Example:
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from .checkpoint import resume as resume_checkpoint
 from .checkpoint import save_checkpoint
+from .config import FinetuneConfig
 from .data import Split, Task
+from .distributed import is_main
+from .distributed import world as world_of
 from .errors import BortError, ConfigError
+from .io import write_json
 from .metrics import classification_metrics, regression_metrics
-from .model import BortModel, _write_text_atomic
+from .model import BortModel
 from .tokenize import load_tokenizer
-from .training import adamw, seed_everything, warmup_linear
+from .training import (
+    Progress,
+    adamw,
+    checkpoint_on_interrupt,
+    parallel,
+    seed_everything,
+    warmup_linear,
+)
 from .training import step as optimizer_step
-from .training import world as world_of
 
 __all__ = ["Encoded", "FinetuneConfig", "FinetuneResult", "encode_split", "evaluate",
            "finetune", "predict", "train", "with_head"]
 
-
-@dataclass
-class FinetuneConfig:
-    lr: float = 5e-5
-    epochs: float = 3.0
-    batch_size: int = 32  # sequences per step, over all ranks
-    seq_len: int = 128
-    warmup: float = 0.1  # fraction of the steps
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    patience: int = 2  # evaluations without a better dev score before stopping
-    evals_per_epoch: int = 1
-    seed: int = 0
-    bf16: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("batch_size", "seq_len", "evals_per_epoch", "patience"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.epochs > 0 or not self.lr > 0:
-            raise ConfigError(f"epochs and lr must be > 0, got {self.epochs}, {self.lr}")
-
-    def updated(self, overrides: Mapping[str, Any]) -> FinetuneConfig:
-        """A copy with ``overrides`` applied; unknown names raise ConfigError."""
-        known = {f.name for f in fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ConfigError(f"unknown fine-tuning settings {unknown} (known: {sorted(known)})")
-        return replace(self, **overrides)
+#: Batches within which an epoch's sequences are sorted by length.
+SORT_WINDOW = 50
+#: Sequences per forward pass when predicting.
+PREDICT_BATCH = 64
 
 
 @dataclass
@@ -123,11 +106,11 @@ def _collate(data: Encoded, index: Sequence[int], pad_id: int) -> dict[str, torc
 
 
 def _epoch_batches(data: Encoded, batch_size: int, seed: int, epoch: int) -> list[np.ndarray]:
-    """The batches of one epoch: a seeded shuffle, sorted by length within windows of 50
-    batches (less padding, so faster steps), then the batches shuffled again."""
+    """The batches of one epoch: a seeded shuffle, sorted by length within windows of
+    `SORT_WINDOW` batches (less padding, so faster steps), then the batches shuffled again."""
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(data))
-    window = batch_size * 50
+    window = batch_size * SORT_WINDOW
     lengths = np.asarray([len(x) for x in data.ids])
     batches = []
     for w in range(0, len(order), window):
@@ -145,13 +128,11 @@ def with_head(model: BortModel, task: Task) -> BortModel:
     """``model`` with a fresh head for ``task`` (classification, or one output for regression);
     the encoder (and pooler, where it has one) keeps its weights. A model whose head already
     fits the task is returned as it is."""
-    from dataclasses import replace as dc_replace
-
     labels = dict(enumerate(task.labels)) if task.labels else {0: "score"}
     problem = "regression" if task.regression else "single_label_classification"
     if model.arch.num_labels == task.num_labels and model.id2label == labels:
         return model
-    arch = dc_replace(model.arch, num_labels=task.num_labels, pooler=True)
+    arch = replace(model.arch, num_labels=task.num_labels, pooler=True)
     out = BortModel(arch, id2label=labels, problem_type=problem, card=model.card)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
     own = out.state_dict()
@@ -162,7 +143,7 @@ def with_head(model: BortModel, task: Task) -> BortModel:
 
 
 @torch.no_grad()
-def predict(model: BortModel, data: Encoded, batch_size: int = 64) -> np.ndarray:
+def predict(model: BortModel, data: Encoded, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Logits (N, labels) of ``data``, in its order; batches group similar lengths."""
     if len(data) == 0:
         raise ValueError("empty batch: nothing to predict")
@@ -199,6 +180,107 @@ class FinetuneResult:
     history: dict[str, list] = field(default_factory=dict)
 
 
+class _Run:
+    """One fine-tuning run: the model, optimizer, schedule, history and the best dev score with
+    its weights, with a method per phase of the loop."""
+
+    def __init__(self, model: BortModel, train_data: Encoded, dev: Encoded,
+                 config: FinetuneConfig, metric: str, out: str | Path | None,
+                 ranks: tuple[int, int], log: Callable[[str], None] | None):
+        self.model, self.train_data, self.dev, self.config = model, train_data, dev, config
+        self.metric, self.log = metric, log
+        self.rank, self.world = ranks
+        self.regression = model.problem_type == "regression"
+        self.checkpoints = Path(out) / "checkpoints" if out is not None else None
+        seed_everything(config.seed)
+        self.net = parallel(model, self.world)
+        self.opt = adamw(model, config.lr, config.weight_decay)
+        self.per_epoch = -(-len(train_data) // config.batch_size)
+        self.total = max(1, round(config.epochs * self.per_epoch))
+        self.sched = warmup_linear(self.opt, self.total, config.warmup)
+        self.eval_every = max(1, self.per_epoch // config.evals_per_epoch)
+        self.history: dict[str, list] = {"train_loss": [], "dev": []}
+        self.best = {"score": -np.inf, "step": 0, "metrics": {}, "stale": 0}
+        self.best_state = copy.deepcopy(model.state_dict())
+        self.start = self.done = 0  # done: optimizer steps taken
+        self._batches: tuple[int, list[np.ndarray]] = (-1, [])
+
+    def resume(self) -> None:
+        if self.checkpoints is None:
+            return
+        state = resume_checkpoint(self.checkpoints, model=self.model, optimizer=self.opt,
+                                  scheduler=self.sched)
+        if state is not None:
+            self.start = self.done = state.step
+            self.history, self.best = state.extra["history"], state.extra["best"]
+            self.best_state = {k: v.clone() for k, v in state.extra["best_state"].items()}
+
+    def save(self, step: int) -> int:
+        if self.checkpoints is not None:
+            save_checkpoint(self.checkpoints, step, model=self.model, optimizer=self.opt,
+                            scheduler=self.sched, keep=1,
+                            extra={"history": self.history, "best": self.best,
+                                   "best_state": self.best_state,
+                                   "config": self.config.as_dict()})
+        return step
+
+    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """This rank's share of the step's batch, and its labels."""
+        epoch, k = divmod(step, self.per_epoch)
+        if self._batches[0] != epoch:
+            self._batches = (epoch, _epoch_batches(self.train_data, self.config.batch_size,
+                                                   self.config.seed, epoch))
+        index = self._batches[1][k]
+        share = -(-len(index) // self.world)
+        index = index[self.rank * share:(self.rank + 1) * share]
+        return (_collate(self.train_data, index, _pad_id(self.model)),
+                torch.from_numpy(self.train_data.labels[index]))
+
+    def train_step(self, step: int) -> float:
+        """One optimizer step; the loss of the whole batch."""
+        batch, labels = self.batch(step)
+        with torch.autocast("cpu", torch.bfloat16, enabled=self.config.bf16):
+            logits = self.net(**batch).logits.float()
+        loss = (F.mse_loss(logits[:, 0], labels.float()) if self.regression
+                else F.cross_entropy(logits, labels.long()))
+        value = optimizer_step(loss, self.model, self.opt, self.sched, self.config.clip,
+                               self.world)
+        self.done = step + 1
+        self.history["train_loss"].append((step + 1, value))
+        return value
+
+    def evaluate(self, step: int) -> bool:
+        """Score dev after ``step`` steps, keep the best weights and checkpoint; True when
+        ``patience`` evaluations in a row brought no better score (time to stop)."""
+        metrics, _ = evaluate(self.model, self.dev)
+        score, best = metrics[self.metric], self.best
+        self.history["dev"].append((step, metrics))
+        if score > best["score"]:
+            best = self.best = {"score": score, "step": step, "metrics": metrics, "stale": 0}
+            self.best_state = copy.deepcopy(self.model.state_dict())
+        else:
+            best["stale"] += 1
+        if self.log:
+            self.log(f"step {step}/{self.total}: dev {self.metric} {score:.4f} "
+                     f"(best {best['score']:.4f} at {best['step']})")
+        self.save(step)
+        stop = best["stale"] >= self.config.patience
+        if stop and self.log:
+            self.log(f"early stop at step {step}: no better dev score in "
+                     f"{self.config.patience} evaluations")
+        return stop
+
+    def run(self, progress: bool) -> None:
+        """Train from the step reached until the last step or an early stop."""
+        self.model.train()
+        with (Progress(progress, self.total, self.start, "fine-tune") as bar,
+              checkpoint_on_interrupt(lambda: self.save(self.done), self.log)):
+            for step in range(self.start + 1, self.total + 1):  # step: steps done after it
+                bar.step(self.train_step(step - 1))
+                if (step % self.eval_every == 0 or step == self.total) and self.evaluate(step):
+                    break
+
+
 def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneConfig, *,
           metric: str = "accuracy", out: str | Path | None = None, resume: bool = False,
           log: Callable[[str], None] | None = None, progress: bool = False,
@@ -211,94 +293,17 @@ def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneC
         raise ConfigError("the model has no classification head: use with_head(model, task)")
     if len(train_data) == 0 or len(dev) == 0:
         raise BortError(f"empty split: train has {len(train_data)} examples, dev {len(dev)}")
-    regression = model.problem_type == "regression"
     rank, world = world_of() if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    seed_everything(config.seed)
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(model)
-    opt = adamw(model, config.lr, config.weight_decay)
-    per_epoch = -(-len(train_data) // config.batch_size)
-    total = max(1, round(config.epochs * per_epoch))
-    sched = warmup_linear(opt, total, config.warmup)
-    eval_every = max(1, per_epoch // config.evals_per_epoch)
-    history: dict[str, list] = {"train_loss": [], "dev": []}
-    best = {"score": -np.inf, "step": 0, "metrics": {}, "stale": 0}
-    best_state = copy.deepcopy(model.state_dict())
-    start = 0
-    ckpt_dir = Path(out) / "checkpoints" if out is not None else None
-    if resume and ckpt_dir is not None:
-        state = resume_checkpoint(ckpt_dir, model=model, optimizer=opt, scheduler=sched)
-        if state is not None:
-            start, history, best = state.step, state.extra["history"], state.extra["best"]
-            best_state = {k: v.clone() for k, v in state.extra["best_state"].items()}
-
-    def checkpoint(step: int) -> None:
-        if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, step, model=model, optimizer=opt, scheduler=sched,
-                            keep=1, extra={"history": history, "best": best,
-                                           "best_state": best_state, "config": asdict(config)})
-
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total, initial=start, desc="fine-tune", unit="step")
-    model.train()
-    done = start  # optimizer steps taken
-    batches: tuple[int, list[np.ndarray]] = (-1, [])
-    try:
-        for step in range(start, total):
-            epoch, k = divmod(step, per_epoch)
-            if batches[0] != epoch:
-                batches = (epoch, _epoch_batches(train_data, config.batch_size, config.seed,
-                                                 epoch))
-            index = batches[1][k]
-            share = -(-len(index) // world)
-            index = index[rank * share:(rank + 1) * share]
-            batch = _collate(train_data, index, _pad_id(model))
-            labels = torch.from_numpy(train_data.labels[index])
-            with torch.autocast("cpu", torch.bfloat16, enabled=config.bf16):
-                logits = net(**batch).logits.float()
-            loss = (F.mse_loss(logits[:, 0], labels.float()) if regression
-                    else F.cross_entropy(logits, labels.long()))
-            value = optimizer_step(loss, model, opt, sched, config.clip, world)
-            done = step + 1
-            history["train_loss"].append((step + 1, value))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.4f}")
-            if (step + 1) % eval_every == 0 or step + 1 == total:
-                metrics, _ = evaluate(model, dev)
-                history["dev"].append((step + 1, metrics))
-                if metrics[metric] > best["score"]:
-                    best = {"score": metrics[metric], "step": step + 1, "metrics": metrics,
-                            "stale": 0}
-                    best_state = copy.deepcopy(model.state_dict())
-                else:
-                    best["stale"] += 1
-                if log and rank == 0:
-                    log(f"step {step + 1}/{total}: dev {metric} {metrics[metric]:.4f} "
-                        f"(best {best['score']:.4f} at {best['step']})")
-                checkpoint(step + 1)
-                if best["stale"] >= config.patience:
-                    if log and rank == 0:
-                        log(f"early stop at step {step + 1}: no better dev score in "
-                            f"{config.patience} evaluations")
-                    break
-    except KeyboardInterrupt:
-        checkpoint(done)
-        if log and rank == 0:
-            log(f"interrupted at step {done}: checkpoint written; rerun with resume to go on")
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
-    model.load_state_dict(best_state)
+    run = _Run(model, train_data, dev, config, metric, out, (rank, world),
+               log if rank == 0 else None)
+    if resume:
+        run.resume()
+    run.run(progress and rank == 0)
+    model.load_state_dict(run.best_state)
     model.eval()
-    return FinetuneResult(model, dict(best["metrics"]), None, done, history)
+    return FinetuneResult(model, dict(run.best["metrics"]), None, run.done, run.history)
 
 
 def finetune(model: BortModel, task: Task, out: str | Path,
@@ -320,13 +325,12 @@ def finetune(model: BortModel, task: Task, out: str | Path,
     result = train(model, data["train"], data["dev"], config, metric=task.metric, out=out,
                    resume=resume, log=log, progress=progress)
     result.test, _ = evaluate(result.model, data["test"])
-    if world_of()[0] == 0:
+    if is_main():
         task.write_split(out)
         result.model.save_pretrained(out / "model", card={
             "data": f"fine-tuned on {task.name}",
             "metrics": {"dev": result.dev, "test": result.test}})
-        _write_text_atomic(out / "metrics.json", json.dumps({
+        write_json(out / "metrics.json", {
             "task": task.name, "metric": task.metric, "dev": result.dev, "test": result.test,
-            "steps": result.steps, "config": asdict(config),
-            "history": result.history}, indent=1) + "\n")
+            "steps": result.steps, "config": config.as_dict(), "history": result.history})
     return result

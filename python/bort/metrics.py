@@ -1,10 +1,14 @@
 """Task metrics in numpy (torch-free: the runtime's evaluation uses them too).
 
 Classification: accuracy, F1 (the positive class for binary tasks, macro-averaged otherwise) and
-Matthews' correlation (its multi-class form). Regression: Pearson and Spearman correlation.
+Matthews' correlation (its multi-class form). Regression: Pearson and Spearman correlation;
+`spearman` is bort's one rank correlation (the search's importance and surrogate checks use it
+too).
 """
 
 from __future__ import annotations
+
+from math import exp, lgamma, log
 
 import numpy as np
 
@@ -50,6 +54,7 @@ def mcc(pred, gold, num_labels: int = 2) -> float:
 
 
 def pearson(pred, gold) -> float:
+    """Pearson's correlation; 0 when either side is constant."""
     pred, gold = _pair(pred, gold)
     a, b = pred - pred.mean(), gold - gold.mean()
     denom = np.sqrt((a * a).sum() * (b * b).sum())
@@ -67,6 +72,8 @@ def _ranks(x: np.ndarray) -> np.ndarray:
 
 
 def spearman(pred, gold) -> float:
+    """Spearman's rank correlation (Pearson's on ranks, ties given their average rank); 0 when
+    either side is constant. Takes any two equal-length 1-D sequences of numbers."""
     pred, gold = _pair(pred, gold)
     return pearson(_ranks(pred.astype(float)), _ranks(gold.astype(float)))
 
@@ -92,8 +99,6 @@ def mcnemar(correct_a, correct_b) -> dict[str, float]:
     if n == 0:
         return {"a_only": 0, "b_only": 0, "p_value": 1.0}
     # P(X <= k) for X ~ Binomial(n, 1/2), in log space so large n does not overflow.
-    from math import lgamma, log, exp
-
     logs = [lgamma(n + 1) - lgamma(i + 1) - lgamma(n - i + 1) - n * log(2) for i in range(k + 1)]
     top = max(logs)
     tail = exp(top) * sum(exp(v - top) for v in logs)

@@ -21,24 +21,22 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .arch import Arch, read_config
+from .arch import INITIALIZER_RANGE, Arch, read_config
 from .errors import WeightsError
+from .io import copy_file, save_safetensors, write_json, write_text
 from .weights import read_safetensors, safetensors_files, to_bort_names, to_roberta_head_name
 
-__all__ = ["BortModel", "ModelOutput", "load_weights", "save_file_atomic"]
+__all__ = ["BortModel", "ModelOutput", "load_weights"]
 
 #: Files of a tokenizer that `save_pretrained` copies from the source directory.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -225,7 +223,8 @@ class BortModel(nn.Module):
     """A BERT/RoBERTa encoder of any `Arch`, with optional pooler and classification head.
 
     Args:
-        arch: the architecture; weights are initialised as transformers does (normal, std 0.02).
+        arch: the architecture; weights are initialised as transformers does (normal, std
+            ``INITIALIZER_RANGE``).
         id2label: label names of the classification head (default ``LABEL_i``).
         problem_type: transformers' ``problem_type`` ("regression",
             "single_label_classification", ...), kept in config.json.
@@ -258,10 +257,10 @@ class BortModel(nn.Module):
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=INITIALIZER_RANGE)
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=0.02)
+            nn.init.normal_(module.weight, std=INITIALIZER_RANGE)
             if module.padding_idx is not None:
                 with torch.no_grad():
                     module.weight[module.padding_idx].zero_()
@@ -280,9 +279,9 @@ class BortModel(nn.Module):
         b, s = input_ids.shape
         if b == 0 or s == 0:
             raise ValueError(f"empty batch: input_ids has shape {tuple(input_ids.shape)}")
-        limit = arch.max_positions - (arch.pad_token_id + 1 if self.embeddings.roberta else 0)
-        if s > limit:
-            raise ValueError(f"sequence length {s} exceeds the model's {limit} positions")
+        if s > arch.max_tokens:
+            raise ValueError(f"sequence length {s} exceeds the model's {arch.max_tokens} "
+                             "positions")
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= arch.vocab_size:
             raise ValueError(f"input_ids out of range [0, {arch.vocab_size}): min {lo}, max {hi}")
@@ -303,31 +302,39 @@ class BortModel(nn.Module):
         ``token_type_ids``, all (B, S); missing mask = all tokens, missing types = 0."""
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # not while exporting
             self._check_inputs(input_ids, attention_mask, token_type_ids)
+        if output_mlm and self.cls is None:
+            raise ValueError("output_mlm needs an MLM head (Arch.mlm_head)")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         x = self.embeddings(input_ids.long(), token_type_ids.long())
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
-        hidden_states, attentions = [x], []
-        for layer in self.encoder.layer:
-            x, probs = layer(x, mask, output_attentions)
-            hidden_states.append(x)
-            attentions.append(probs)
+        hidden_states, attentions = self._encode(x, attention_mask, output_attentions)
+        x = hidden_states[-1]
         out = ModelOutput(last_hidden_state=x)
         if self.pooler is not None:
             out.pooler_output = self.pooler(x)
         if self.classifier is not None:
             out.logits = self.classifier(self.dropout(out.pooler_output))
         if output_hidden_states:
-            out.hidden_states = tuple(hidden_states)
+            out.hidden_states = hidden_states
         if output_attentions:
-            out.attentions = tuple(attentions)
+            out.attentions = attentions
         if output_mlm:
-            if self.cls is None:
-                raise ValueError("output_mlm needs an MLM head (Arch.mlm_head)")
             out.mlm_logits = self.cls.predictions(x)
         return out
+
+    def _encode(self, x: Tensor, attention_mask: Tensor, need_weights: bool
+                ) -> tuple[tuple[Tensor, ...], tuple[Tensor | None, ...]]:
+        """Every layer over the embeddings ``x``: (hidden states, embeddings first; attention
+        probabilities, when ``need_weights``, else Nones)."""
+        mask = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
+        hidden_states, attentions = [x], []
+        for layer in self.encoder.layer:
+            x, probs = layer(x, mask, need_weights)
+            hidden_states.append(x)
+            attentions.append(probs)
+        return tuple(hidden_states), tuple(attentions)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -344,8 +351,7 @@ class BortModel(nn.Module):
         state = to_bort_names(load_weights(directory))
         if not arch.mlm_head:  # e.g. a BertForPreTraining read as an encoder
             state = {k: v for k, v in state.items() if not k.startswith("cls.")}
-        if arch.pooler and not arch.num_labels and "pooler.dense.weight" not in state:
-            arch = replace(arch, pooler=False)  # e.g. sentence-embedding exports without a pooler
+        arch = arch.fit_to_weights(state)  # e.g. sentence-embedding exports without a pooler
         id2label = config.get("id2label") if arch.num_labels else None
         model = cls(arch, id2label=id2label, problem_type=config.get("problem_type"),
                     card=config.get("bort"))
@@ -392,20 +398,20 @@ class BortModel(nn.Module):
             config["problem_type"] = self.problem_type
         config["torch_dtype"] = "float32"
         config["bort"] = {"version": _bort_version(), **self.card}
-        save_file_atomic(_to_hf_names(self.state_dict(), arch), directory / "model.safetensors")
-        _write_text_atomic(directory / "config.json", json.dumps(config, indent=2) + "\n")
+        save_safetensors(_to_hf_names(self.state_dict(), arch), directory / "model.safetensors")
+        write_json(directory / "config.json", config, indent=2)
         if self.source_dir is not None and self.source_dir.resolve() != directory.resolve():
             for name in TOKENIZER_FILES:
                 if (self.source_dir / name).is_file():
-                    shutil.copyfile(self.source_dir / name, directory / name)
-        _write_text_atomic(directory / "README.md", model_card(self))
+                    copy_file(self.source_dir / name, directory / name)
+        write_text(directory / "README.md", model_card(self))
         return directory
 
 
 # ---------------------------------------------------------------------- weights on disk
 def load_weights(directory: Path) -> dict[str, Tensor]:
     """All tensors of a model directory: safetensors (single or sharded), else pytorch_model.bin
-    through ``torch.load(weights_only=True)`` (never plain pickle)."""
+    through ``torch.load(weights_only=True)``, which reads tensors and plain containers only."""
     files = safetensors_files(directory)
     if files is None:
         path = directory / "pytorch_model.bin"
@@ -414,7 +420,7 @@ def load_weights(directory: Path) -> dict[str, Tensor]:
                                     "model.safetensors.index.json or pytorch_model.bin)")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in many types
+        except Exception as e:  # a refused or corrupt file raises many error types
             raise WeightsError(f"{path}: not loadable with weights_only=True ({e})") from None
         if not isinstance(state, dict):
             raise WeightsError(f"{path}: expected a state dict, got {type(state).__name__}")
@@ -439,33 +445,6 @@ def _to_hf_names(state: Mapping[str, Tensor], arch: Arch) -> dict[str, Tensor]:
             name = to_roberta_head_name(name)
         out[name] = tensor
     return out
-
-
-def save_file_atomic(tensors: Mapping[str, Tensor], path: Path,
-                     metadata: Mapping[str, str] | None = None) -> None:
-    """safetensors file written to a temporary name in the same directory, then renamed."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": "pt", **(metadata or {})})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _bort_version() -> str:

@@ -14,21 +14,23 @@ Example:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from . import _core
 from .arch import Arch, read_config
 from .errors import BortError, WeightsError
-from .tokenize import encode as tokenize, load_tokenizer
+from .tokenize import encode as tokenize
+from .tokenize import load_tokenizer
 from .weights import read_safetensors, safetensors_files, to_bort_names
 
 __all__ = ["DTYPES", "Classifier", "Encoder", "Prediction"]
 
-DTYPES = ("fp32", "bf16", "int8")
+#: Precisions of the linear layers, as the C++ encoder names them (its one table).
+DTYPES: tuple[str, ...] = tuple(_core.DTYPES)
 
 
 def _default_threads() -> int:
@@ -73,14 +75,14 @@ class Encoder:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise ValueError(f"num_threads must be a positive integer, got {num_threads!r}")
         state = to_bort_names(weights)
-        if arch.pooler and not arch.num_labels and "pooler.dense.weight" not in state:
-            arch = replace(arch, pooler=False)  # e.g. sentence-embedding exports
+        arch = arch.fit_to_weights(state)  # e.g. sentence-embedding exports without a pooler
         try:
             self._core = _core.Encoder(arch._to_core(), state, threads, dtype)
         except ValueError as e:
             raise WeightsError(f"{directory or 'weights'}: {e}") from None
         self.arch, self.dtype, self.num_threads = arch, dtype, threads
         self.directory = directory
+        self.max_length = arch.max_tokens  # what the tokenizer truncates to
         self._tokenizer = tokenizer
 
     @classmethod
@@ -92,8 +94,7 @@ class Encoder:
         model = cls(arch, _load_numpy(directory), num_threads=num_threads, dtype=dtype,
                     directory=directory)
         model._config = config
-        model.max_length = max_length or arch.max_positions - (
-            arch.pad_token_id + 1 if arch.position_style == "roberta" else 0)
+        model.max_length = max_length or model.arch.max_tokens
         return model
 
     @property
@@ -103,7 +104,7 @@ class Encoder:
             if self.directory is None:
                 raise BortError("this encoder has no tokenizer: pass token ids, or load it with "
                                 "from_pretrained from a directory holding tokenizer.json")
-            self._tokenizer = load_tokenizer(self.directory, getattr(self, "max_length", 512))
+            self._tokenizer = load_tokenizer(self.directory, self.max_length)
         return self._tokenizer
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> dict[str, np.ndarray]:

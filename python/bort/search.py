@@ -24,17 +24,21 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from . import _core
 from . import costs as _costs
 from .arch import Arch
-from .costs import COST_KINDS, Importance, base_cost, cost, error_proxy, layer_cost
+from .config import SearchConfig
+from .costs import COSTS, Importance, base_cost, cost, error_proxy, layer_cost
+from .distributed import world
 from .errors import ConfigError
+from .io import write_json
 from .space import LayerwiseSpace, UniformSpace
 
 __all__ = ["Candidate", "Evaluated", "LayerwiseSpace", "SearchResult", "UniformSpace", "cost",
@@ -75,16 +79,16 @@ def frontier(space: LayerwiseSpace | UniformSpace, epsilon: float = 0.01, cost: 
     Args:
         space: a `LayerwiseSpace` (dynamic program) or a `UniformSpace` (listed).
         epsilon: ≥ 0; 0 gives the exact Pareto set (failing past ``max_states`` points).
-        cost: "flops", "latency" or "params" (see `bort.costs.decompose`; options such as
-            ``batch``, ``seq_len``, ``effective`` and ``table`` pass through).
+        cost: a kind in `bort.costs.COSTS`: "flops", "latency" or "params" (see
+            `bort.costs.decompose`; options such as ``batch``, ``seq_len``, ``effective`` and
+            ``table`` pass through).
         importance: the source's `bort.costs.Importance`.
 
     Returns the candidates by increasing cost (and so decreasing error proxy).
     """
     if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon >= 0):
         raise ValueError(f"epsilon must be a finite number >= 0, got {epsilon!r}")
-    if cost not in COST_KINDS:
-        raise ValueError(f"unknown cost {cost!r}; expected one of {COST_KINDS}")
+    COSTS[cost]  # an unknown kind raises ConfigError, naming the known ones
     if importance is None:
         raise ValueError("the frontier trades cost against the error proxy: pass the source's "
                          "importance (bort.costs.importance)")
@@ -198,103 +202,71 @@ def _key(arch: Arch) -> str:
     return json.dumps(arch.to_config(), sort_keys=True)
 
 
+#: Step counts of the two probe runs that split a surrogate run's time into a fixed part and a
+#: time per step.
+PROBE_STEPS = (1, 4)
+#: The least time per step (s) a prediction assumes, so that a noisy probe cannot predict 0.
+MIN_STEP_SECONDS = 1e-3
+
+
+@dataclass(frozen=True)
+class _Surrogate:
+    """The short distillation run against the source that gives a candidate its error."""
+
+    source: Any
+    corpus: Any
+    importance: Importance
+    seed: int
+
+    def __call__(self, arch: Arch, steps: int) -> float:
+        from .distill import surrogate_error
+
+        return surrogate_error(arch, self.source, self.corpus, steps, self.seed,
+                               importance=self.importance)
+
+    def seconds(self, arch: Arch, steps: int) -> float:
+        start = time.perf_counter()
+        self(arch, steps)
+        return time.perf_counter() - start
+
+
 def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, corpus: Any, *,
-                            importance: Importance, epsilon: float = 0.01, cost: str = "flops",
-                            representatives_count: int = 8, steps: int = 50, seed: int = 0,
-                            max_params: int | None = None, max_latency_ms: float | None = None,
-                            min_speedup: float | None = None, out: str | Path | None = None,
+                            importance: Importance, config: SearchConfig | None = None,
+                            out: str | Path | None = None,
                             log: Callable[[str], None] | None = print,
-                            **cost_options: Any) -> SearchResult:
+                            cost_options: dict[str, Any] | None = None,
+                            **overrides: Any) -> SearchResult:
     """The Bort search: the frontier table's candidates (or the whole uniform grid) → ordered by
     (p, i) → one representative per interval → surrogate error by a short distillation against
     the source (the maximum point T) → W-coefficient → the optimum meeting the constraints.
 
-    ``max_latency_ms`` needs ``cost="latency"`` (and its ``table``); ``min_speedup`` bounds
-    i(T)/i. Under torchrun the representatives are shared out across ranks. With ``out``,
-    results are appended to ``out/evaluated.jsonl`` as they finish and a rerun skips them.
+    ``config`` (default `SearchConfig()`) sets ε, the cost kind, the representatives, steps,
+    seed and constraints; ``overrides`` are its field names (``steps=2, max_params=...``).
+    ``cost_options`` go to ``COSTS[config.cost].prepare`` (which measures the latency table
+    when the cost is "latency" and no ``table`` is given) and on to every cost.
+    ``config.space`` is not read: ``space`` is the space itself (`bort.space.SPACES` builds one
+    by name). Under torchrun the representatives are shared out across ranks. With ``out``,
+    results are appended to ``out/evaluated.jsonl`` as they finish (a rerun skips them) and
+    the result is written to ``out/front.json``.
     """
-    import torch
-
-    from .distill import surrogate_error
-
-    if max_latency_ms is not None and cost != "latency":
-        raise ValueError("max_latency_ms needs cost='latency' (with its LatencyTable)")
+    config = (config or SearchConfig()).updated(overrides)
     start = time.perf_counter()
+    rank, world_size = world()
+    log = log if rank == 0 else None
+    options = COSTS[config.cost].prepare(source.arch, space, **(cost_options or {}))
     arch_t = source.arch
-    maximum = Candidate(arch_t, arch_t.params().total, _costs.cost(arch_t, cost, **cost_options),
-                        0.0)
-    candidates = frontier(space, epsilon, cost, importance, **cost_options)
-
-    def allowed(c: Candidate) -> bool:
-        return ((max_params is None or c.params <= max_params)
-                and (max_latency_ms is None or c.cost <= max_latency_ms)
-                and (min_speedup is None or c.cost * min_speedup <= maximum.cost))
-
-    pool = [c for c in candidates if allowed(c) and c.arch.depth > 0]
-    if not pool:
-        raise ConfigError("no candidate meets the constraints (max_params, max_latency_ms, "
-                          "min_speedup)")
-    chosen = representatives(pool, representatives_count)
-
-    dist = torch.distributed
-    rank, world = ((dist.get_rank(), dist.get_world_size())
-                   if dist.is_available() and dist.is_initialized() else (0, 1))
-    done: dict[str, float] = {}
-    path = Path(out) / "evaluated.jsonl" if out else None
-    if path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for f in sorted(path.parent.glob("evaluated*.jsonl")):
-            for line in f.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    done[row["key"]] = row["error"]
+    maximum = Candidate(arch_t, arch_t.params().total, cost(arch_t, config.cost, **options), 0.0)
+    candidates = frontier(space, config.epsilon, config.cost, importance, **options)
+    chosen = representatives(_allowed(candidates, maximum, config), config.representatives)
+    done = _finished(out)
     todo = [c for c in chosen if _key(c.arch) not in done]
-    # Predicted time: a surrogate run is a fixed part (extraction, evaluation, saving) plus
-    # steps × a step time (the teacher's forward and the student's forward and backward). Runs of
-    # 1 and 4 steps on the cheapest and the costliest candidate measure both (the step time is
-    # the mean of steps 2-4); candidates in between are interpolated by cost.
-    predicted = 0.0
-    if todo:
-        ends = sorted({min(todo, key=lambda c: c.cost), max(todo, key=lambda c: c.cost)},
-                      key=lambda c: c.cost)
-        # the first run in a process pays one-time costs (allocator, thread pools, caches):
-        # a discarded warm-up keeps them out of the probes
-        surrogate_error(ends[0].arch, source, corpus, 1, seed, importance=importance)
-        probes = []
-        for c in ends:
-            timed = []
-            for n in (1, 4):
-                t = time.perf_counter()
-                surrogate_error(c.arch, source, corpus, n, seed, importance=importance)
-                timed.append(time.perf_counter() - t)
-            step = max((timed[1] - timed[0]) / 3, 1e-3)
-            probes.append((c.cost, max(timed[0] - step, 0.0), step))
-        (c0, f0, s0), (c1, f1, s1) = probes[0], probes[-1]
-
-        def seconds(c: Candidate) -> float:
-            a = (c.cost - c0) / (c1 - c0) if c1 > c0 else 0.0
-            return f0 + a * (f1 - f0) + steps * (s0 + a * (s1 - s0))
-
-        predicted = sum(seconds(c) for c in todo) / world
-        if log and rank == 0:
-            log(f"{len(todo)} representatives × {steps} steps on {world} process(es): "
-                f"expected {predicted / 60:.1f} min")
+    surrogate = _Surrogate(source, corpus, importance, config.seed)
+    predicted = _predict_seconds(todo, surrogate, config.steps) / world_size
+    if log and todo:
+        log(f"{len(todo)} representatives × {config.steps} steps on {world_size} process(es): "
+            f"expected {predicted / 60:.1f} min")
     evaluation_start = time.perf_counter()
-    mine = [c for i, c in enumerate(todo) if i % world == rank]
-    own = path.with_name(f"evaluated.rank{rank}.jsonl") if path and world > 1 else path
-    for n, c in enumerate(mine):
-        error = surrogate_error(c.arch, source, corpus, steps, seed, importance=importance)
-        done[_key(c.arch)] = error
-        if own:
-            with open(own, "a") as f:
-                f.write(json.dumps({"key": _key(c.arch), "error": error}) + "\n")
-        if log and rank == 0:
-            log(f"[{n + 1}/{len(mine)}] {c.arch.describe()}: surrogate error {error:.4f}")
-    if world > 1:  # everyone learns everyone's errors
-        gathered: list[dict[str, float]] = [{} for _ in range(world)]
-        dist.all_gather_object(gathered, done)
-        for d in gathered:
-            done.update(d)
+    _evaluate(todo, surrogate, config.steps, done, _journal(out, rank, world_size), log)
     evaluated = [Evaluated(c.arch, c.params, c.cost, c.error_proxy, done[_key(c.arch)],
                            w_coefficient(c.params, c.cost, done[_key(c.arch)], maximum.params,
                                          maximum.cost)) for c in chosen]
@@ -302,27 +274,118 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
     result = SearchResult(evaluated, optimum, maximum, candidates, predicted,
                           time.perf_counter() - evaluation_start, time.perf_counter() - start)
     if out and rank == 0:
-        (Path(out) / "front.json").write_text(json.dumps(result.to_json(), indent=2) + "\n")
+        write_json(Path(out) / "front.json", result.to_json(), indent=2)
     return result
+
+
+def _allowed(candidates: Sequence[Candidate], maximum: Candidate,
+             config: SearchConfig) -> list[Candidate]:
+    """The candidates with layers that meet the constraints of ``config``."""
+    def ok(c: Candidate) -> bool:
+        return ((config.max_params is None or c.params <= config.max_params)
+                and (config.max_latency_ms is None or c.cost <= config.max_latency_ms)
+                and (config.min_speedup is None or c.cost * config.min_speedup <= maximum.cost))
+
+    pool = [c for c in candidates if ok(c) and c.arch.depth > 0]
+    if not pool:
+        raise ConfigError("no candidate meets the constraints (max_params, max_latency_ms, "
+                          "min_speedup)")
+    return pool
+
+
+def _finished(out: str | Path | None) -> dict[str, float]:
+    """The surrogate errors an earlier run wrote to ``out`` (every rank's journal), by key."""
+    done: dict[str, float] = {}
+    if out is None:
+        return done
+    for path in sorted(Path(out).glob("evaluated*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["key"]] = row["error"]
+    return done
+
+
+def _journal(out: str | Path | None, rank: int, world_size: int) -> Path | None:
+    """Where this rank appends its results: ``evaluated.jsonl``, one file per rank under
+    torchrun."""
+    if out is None:
+        return None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    name = f"evaluated.rank{rank}.jsonl" if world_size > 1 else "evaluated.jsonl"
+    return Path(out) / name
+
+
+def _predict_seconds(todo: Sequence[Candidate], surrogate: _Surrogate, steps: int) -> float:
+    """Seconds that ``steps``-step surrogate runs of ``todo`` will take in one process.
+
+    A run is a fixed part (extraction, evaluation, saving) plus steps × a step time (the
+    teacher's forward and the student's forward and backward). Runs of `PROBE_STEPS` steps on
+    the cheapest and the costliest candidate measure both; candidates in between are
+    interpolated by cost."""
+    if not todo:
+        return 0.0
+    ends = sorted({min(todo, key=lambda c: c.cost), max(todo, key=lambda c: c.cost)},
+                  key=lambda c: c.cost)
+    # the first run in a process pays one-time costs (allocator, thread pools, caches):
+    # a discarded warm-up keeps them out of the probes
+    surrogate(ends[0].arch, PROBE_STEPS[0])
+    (c0, f0, s0), (c1, f1, s1) = _probe(ends[0], surrogate), _probe(ends[-1], surrogate)
+
+    def seconds(c: Candidate) -> float:
+        a = (c.cost - c0) / (c1 - c0) if c1 > c0 else 0.0
+        return f0 + a * (f1 - f0) + steps * (s0 + a * (s1 - s0))
+
+    return sum(seconds(c) for c in todo)
+
+
+def _probe(candidate: Candidate, surrogate: _Surrogate) -> tuple[float, float, float]:
+    """(cost, fixed seconds, seconds per step) of ``candidate``'s surrogate run."""
+    few, more = PROBE_STEPS
+    short, long = (surrogate.seconds(candidate.arch, n) for n in PROBE_STEPS)
+    step = max((long - short) / (more - few), MIN_STEP_SECONDS)
+    return candidate.cost, max(short - few * step, 0.0), step
+
+
+def _evaluate(todo: Sequence[Candidate], surrogate: _Surrogate, steps: int,
+              done: dict[str, float], journal: Path | None,
+              log: Callable[[str], None] | None) -> None:
+    """Surrogate errors of this rank's share of ``todo``, into ``done`` (then everyone's, under
+    torchrun) and appended to ``journal``."""
+    rank, world_size = world()
+    mine = list(todo[rank::world_size])
+    for n, c in enumerate(mine):
+        error = surrogate(c.arch, steps)
+        done[_key(c.arch)] = error
+        if journal:
+            with open(journal, "a") as f:
+                f.write(json.dumps({"key": _key(c.arch), "error": error}) + "\n")
+        if log:
+            log(f"[{n + 1}/{len(mine)}] {c.arch.describe()}: surrogate error {error:.4f}")
+    if world_size > 1:  # everyone learns everyone's errors
+        import torch
+
+        gathered: list[dict[str, float]] = [{} for _ in range(world_size)]
+        torch.distributed.all_gather_object(gathered, done)
+        for d in gathered:
+            done.update(d)
 
 
 def plot_front(result: SearchResult, path: str | Path, unit: str, *,
                max_params: int | None = None, max_latency_ms: float | None = None) -> None:
     """The front as a PNG: the table's candidates, the representatives coloured by error, the
     optimum and the source; dashed lines at the constraints."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig = Figure(figsize=(6.5, 4.5))
+    ax = fig.subplots()
     ax.scatter([c.params / 1e6 for c in result.candidates], [c.cost for c in result.candidates],
                s=6, color="lightgray", label="frontier table")
     points = ax.scatter([x.params / 1e6 for x in result.evaluated],
                         [x.cost for x in result.evaluated],
                         c=[x.error for x in result.evaluated], cmap="viridis", s=40,
                         label="representatives")
-    fig.colorbar(points, label="surrogate error")
+    fig.colorbar(points, ax=ax, label="surrogate error")
     if result.optimum:
         ax.scatter([result.optimum.params / 1e6], [result.optimum.cost], marker="*", s=250,
                    color="red", label="optimum (max W)")
@@ -337,4 +400,3 @@ def plot_front(result: SearchResult, path: str | Path, unit: str, *,
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

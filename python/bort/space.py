@@ -2,19 +2,33 @@
 
 Torch-free. A space lists architectures (`enumerate`, for small spaces) and, for layer-wise
 spaces, exposes the per-layer choices that the frontier table (`bort.search.frontier`) works on.
+Every space names the sublayer shapes its architectures use (`sublayers`), which is what a
+latency table must cover. `SPACES` builds a space from a source architecture by name (what
+``bort search --space`` and the pipeline's ``[search] space`` choose from).
+
+Example:
+    >>> space = SPACES["uniform"](Arch.uniform(2, 2, 32, 64))
+    >>> attention, ffn, hiddens = space.sublayers()
+    >>> sorted(hiddens), sorted(attention)[:2]
+    ([16, 24, 32], [(16, 1, 16), (16, 2, 8)])
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Iterator, Sequence
 
 from .arch import Arch, Layer
 from .errors import ConfigError
+from .registry import Registry
 
-__all__ = ["ENUMERATE_LIMIT", "LayerwiseSpace", "UniformSpace"]
+__all__ = ["ENUMERATE_LIMIT", "SPACES", "LayerwiseSpace", "Sublayers", "UniformSpace"]
+
+#: What a space's architectures are made of: attention shapes (hidden, heads, head_dim), FFN
+#: shapes (hidden, width) and hidden sizes. Sublayers with no heads or no width are left out.
+Sublayers = tuple[set[tuple[int, int, int]], set[tuple[int, int]], set[int]]
 
 #: `enumerate()` refuses spaces larger than this; use the frontier table instead.
 ENUMERATE_LIMIT = 1_000_000
@@ -103,6 +117,13 @@ class UniformSpace:
         _check_size(len(self))
         return list(self)
 
+    def sublayers(self) -> Sublayers:
+        """The attention and FFN shapes and hidden sizes of the grid (head_dim = H / A)."""
+        pairs = self._pairs()
+        hiddens = {h for _, h in pairs}
+        return ({(h, a, h // a) for a, h in pairs}, {(h, i) for h in hiddens for i in self.ffns},
+                hiddens)
+
 
 @dataclass(frozen=True)
 class LayerwiseSpace:
@@ -173,3 +194,34 @@ class LayerwiseSpace:
         """Every architecture; raises ConfigError on spaces past `ENUMERATE_LIMIT`."""
         _check_size(self.size)
         return list(self)
+
+    def sublayers(self) -> Sublayers:
+        """The attention and FFN shapes of every layer's choices at every hidden size (heads
+        keep their source layer's head_dim)."""
+        attention = {(h, a, x.head_dim) for h in self.hiddens
+                     for x, heads in zip(self.source.layers, self.head_choices)
+                     for a in heads if a}
+        ffn = {(h, f) for h in self.hiddens for widths in self.ffn_choices for f in widths if f}
+        return attention, ffn, set(self.hiddens)
+
+
+# ---------------------------------------------------------------------- the registry
+#: Search spaces by name: each entry builds a space from the source architecture.
+SPACES: Registry = Registry("search space")
+SPACES.register("layerwise", LayerwiseSpace.from_source)
+SPACES.register("uniform", UniformSpace.around)
+
+
+@SPACES.register("bort")
+def bort_space(source: Arch) -> UniformSpace:
+    """The Bort paper's grid (`UniformSpace.bort`) with the source's vocabulary and positions;
+    every architecture of it must be a part of the source."""
+    grid = UniformSpace.bort(base=source)
+    big_enough = (len(source.layers) >= max(grid.depths) and source.hidden >= max(grid.hiddens)
+                  and all(x.heads >= max(grid.heads) and x.ffn >= max(grid.ffns)
+                          for x in source.layers))
+    if not big_enough:
+        raise ConfigError(f"--space bort needs a source at least as large as its grid "
+                          f"({max(grid.depths)} layers, {max(grid.heads)} heads, hidden "
+                          f"{max(grid.hiddens)}, FFN {max(grid.ffns)})")
+    return grid

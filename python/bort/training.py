@@ -1,20 +1,17 @@
-"""What every bort training loop shares: its rank, AdamW with the usual parameter groups, and a
-linear warm-up then linear decay schedule."""
+"""What every bort training loop shares: seeding, AdamW with the usual parameter groups, a linear
+warm-up then linear decay schedule, the optimizer step, DistributedDataParallel, a progress bar
+and the checkpoint on Ctrl-C (the rank itself comes from `bort.distributed`)."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-__all__ = ["adamw", "seed_everything", "step", "warmup_linear", "world"]
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) under torch.distributed, else (0, 1)."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+__all__ = ["Progress", "adamw", "checkpoint_on_interrupt", "parallel", "seed_everything", "step",
+           "warmup_linear"]
 
 
 def seed_everything(seed: int) -> None:
@@ -63,3 +60,53 @@ def step(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer
         torch.distributed.all_reduce(value)
         value /= ranks
     return value.item()
+
+
+def parallel(module: nn.Module, ranks: int) -> nn.Module:
+    """``module`` wrapped in DistributedDataParallel when ``ranks`` > 1 (its gradients then
+    average over the ranks), else ``module`` itself."""
+    return nn.parallel.DistributedDataParallel(module) if ranks > 1 else module
+
+
+class Progress:
+    """A tqdm bar of optimizer steps, shown only when ``enabled`` (rank 0 asked for one).
+
+    Example::
+
+        with Progress(True, total=100, initial=0, desc="distill") as bar:
+            bar.step(loss)
+    """
+
+    def __init__(self, enabled: bool, total: int, initial: int, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step")
+
+    def step(self, loss: float) -> None:
+        """One step done, its loss shown."""
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@contextmanager
+def checkpoint_on_interrupt(save: Callable[[], int],
+                            log: Callable[[str], None] | None) -> Iterator[None]:
+    """Run the block; on Ctrl-C, call ``save()`` (which writes a checkpoint and returns its
+    step), say so through ``log`` and re-raise."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        done = save()
+        if log:
+            log(f"interrupted at step {done}: checkpoint written; rerun with resume to go on")
+        raise

@@ -7,8 +7,9 @@ bort's names are those of transformers' `BertModel` (``embeddings.word_embedding
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, TypeVar
+from typing import TypeVar
 
 from .errors import WeightsError
 

@@ -1,0 +1,81 @@
+"""`bort finetune`: fine-tuning on a labelled task, plainly or with Agora."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import AgoraConfig, FinetuneConfig
+from ..distributed import launched_by_torchrun, torchrun
+from ..errors import BortError
+from ._options import add_settings, settings_from
+
+NAME = "finetune"
+HELP = "fine-tune a model on a labelled task (optionally with Agora)"
+SETTINGS = (FinetuneConfig, AgoraConfig)
+
+
+def add(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model directory (a source, or a distilled student)")
+    parser.add_argument("--task", required=True, help="installed dataset (bort.data.TASKS), a "
+                        "GLUE directory, or CSV/TSV/JSONL file(s)")
+    parser.add_argument("--out", required=True, type=Path, help="directory to write")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the train/dev/test "
+                        "split where the task has none (default: 0)")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
+    add_settings(parser, FinetuneConfig)
+    agora = parser.add_argument_group("Agora")
+    agora.add_argument("--agora", action="store_true", help="fine-tune with Agora")
+    agora.add_argument("--teacher", help="a model fine-tuned on the task, to label new points")
+    agora.add_argument("--lrs", type=float, nargs="+", help="Θ as learning rates, a shorthand "
+                       "for --thetas")
+    add_settings(parser, AgoraConfig, skip=("seed",))  # one --seed for both
+
+
+def agora_config(args: argparse.Namespace) -> AgoraConfig:
+    """Agora's settings from the options; --lrs stands for a Θ of learning rates."""
+    thetas = [{"lr": lr} for lr in args.lrs] if args.lrs else args.thetas
+    return settings_from(args, AgoraConfig, thetas=thetas, seed=args.seed)
+
+
+def check_agora(args: argparse.Namespace) -> AgoraConfig:
+    """Agora's settings, after checking that Agora can run as asked."""
+    if launched_by_torchrun():
+        raise BortError("--agora runs in one process (its fits are small); drop torchrun")
+    if not args.teacher:
+        raise BortError("--agora needs --teacher DIR: a model fine-tuned on the task "
+                        "(make one with `bort finetune SOURCE --task ...`)")
+    return agora_config(args)
+
+
+def run_agora(args: argparse.Namespace, task, model, config: FinetuneConfig,
+              agora: AgoraConfig) -> int:
+    from ..agora import finetune_agora
+    from ..model import BortModel
+
+    result = finetune_agora(model, BortModel.from_pretrained(args.teacher), task, args.out,
+                            config, agora)
+    for r in result.rounds:
+        print(f"round {r['round']}: dev {r['dev']:.4f}, {r['mistakes']} mistakes, "
+              f"{r['points_added']} points added, test {r['test']:.4f}")
+    print(f"best: round {result.best_round}, dev {result.dev:.4f}, test {task.metric} "
+          f"{result.test:.4f}; model in {args.out / 'model'}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import load_task
+    from ..finetune import finetune
+    from ..model import BortModel
+
+    config = settings_from(args, FinetuneConfig)
+    agora = check_agora(args) if args.agora else None  # bad settings fail before any work
+    task = load_task(args.task, seed=args.split_seed)
+    model = BortModel.from_pretrained(args.model)
+    if agora is not None:
+        return run_agora(args, task, model, config, agora)
+    with torchrun():
+        result = finetune(model, task, args.out, config, resume=args.resume)
+    print(f"dev {task.metric} {result.dev[task.metric]:.4f}, test {task.metric} "
+          f"{result.test[task.metric]:.4f}; model in {args.out / 'model'}")
+    return 0

@@ -1,0 +1,141 @@
+"""The pipeline's report: markdown tables and the training-curves figure, from the results that
+`bort.pipeline` records per stage (``pipeline.json``'s ``stages``).
+
+Plots are `matplotlib.figure.Figure` objects (no global backend switch in the user's process):
+the caller saves them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["curves_figure", "pipeline_report"]
+
+#: Which fine-tuning arms the report shows, and how it names them.
+ARMS = (("plain", "student, plain (same loop, no new points)"), ("agora", "student, Agora"))
+#: The parts of each latency key: (model, runtime, shape).
+Latency = dict[tuple[str, str, str], float]
+
+
+def curves_figure(stages: Mapping[str, Any]):
+    """Distillation loss by step, and dev/test accuracy per fine-tuning round of each arm."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 3.8))
+    a, b = fig.subplots(1, 2)
+    loss = stages["distill"]["eval_loss"]
+    a.plot([s for s, _ in loss], [v for _, v in loss], marker="o")
+    a.set(xlabel="distillation step", ylabel="held-out distillation loss",
+          title="distillation from the source")
+    for arm, color in (("agora", "tab:red"), ("plain", "tab:blue")):
+        rounds = stages["finetune"].get(arm, {}).get("rounds")
+        if rounds:
+            r = [x["round"] for x in rounds]
+            b.plot(r, [x["dev"] for x in rounds], "-o", color=color,
+                   label=f"{arm}: dev (best of round)")
+            b.plot(r, [x["test"] for x in rounds], "--s", color=color, alpha=0.6,
+                   label=f"{arm}: test")
+            b.set_xticks(r)
+    b.axhline(stages["teacher"]["test"]["accuracy"], color="gray", lw=0.8, label="teacher: test")
+    b.set(xlabel="round", ylabel="accuracy", title="fine-tuning rounds")
+    b.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return (["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _ms(latency: Latency, key: tuple[str, str, str]) -> str:
+    return f"{latency[key]:.2f}" if key in latency else "—"
+
+
+def _ratio(latency: Latency, slow: tuple[str, str, str], fast: tuple[str, str, str]) -> str:
+    return f"{latency[slow] / latency[fast]:.1f}×" if slow in latency and fast in latency else "—"
+
+
+def _stages_section(stages: Mapping[str, Any], order: Sequence[str]) -> list[str]:
+    minutes = [stages[s]["seconds"] / 60 for s in order]
+    rows = [[s, f"{m:.1f}"] for s, m in zip(order, minutes)]
+    rows.append(["**total** (before the report)", f"**{sum(minutes):.1f}**"])
+    return ["## Stages", "", *_table(["stage", "minutes"], rows), ""]
+
+
+def _search_section(search: Mapping[str, Any]) -> list[str]:
+    kind = search.get("cost_kind", "flops")
+    cost, source = search["cost"], search["source_cost"]
+    what = {"flops": f"{cost / 1e9:.3f} GFLOP", "latency": f"{cost:.3g} ms"}.get(kind, f"{cost:g}")
+    return ["## The chosen architecture", "",
+            f"The search ({kind} at 1 × 128 tokens as the cost, {search['candidates']} candidates "
+            f"in the frontier table, {search['evaluated']} evaluated) chose "
+            f"`{search['describe']}`: {search['params']:,} parameters "
+            f"({search['params'] / search['source_params']:.0%} of the source's "
+            f"{search['source_params']:,}) and {what} ({cost / source:.1%} of the source's). "
+            "Front: `search/front.png`.", ""]
+
+
+def _accuracy_section(stages: Mapping[str, Any], metric: str) -> list[str]:
+    search, teacher, ft = stages["search"], stages["teacher"], stages["finetune"]
+    rows = [["teacher (source fine-tuned)", f"{search['source_params']:,}",
+             f"{teacher['test'][metric]:.4f}", f"{teacher['dev'][metric]:.4f}", "—"]]
+    rows += [[name, f"{search['params']:,}", f"{ft[arm]['test'][metric]:.4f}",
+              f"{ft[arm]['dev']:.4f}", f"{ft[arm]['train_steps']:,}"]
+             for arm, name in ARMS if arm in ft]
+    return ["## Accuracy on the test split", "",
+            *_table(["model", "parameters", f"test {metric}", f"dev {metric}", "training steps"],
+                    rows),
+            "", "Dev scores are not held out under Agora (it learns from dev mistakes); the test "
+            "split is never used for training or selection.", ""]
+
+
+def _runtime_section(bench: Mapping[str, Any], latency: Latency, shapes: list[str]) -> list[str]:
+    last = shapes[-1]
+    rows = []
+    for dtype, acc in bench["accuracy"].items():
+        runtime = f"bort-{dtype}"
+        rows.append([dtype, f"{acc['accuracy']:.4f}",
+                     *[_ms(latency, ("student", runtime, s)) for s in shapes],
+                     _ratio(latency, ("source", runtime, last), ("student", runtime, last))])
+    header = ["dtype", "test accuracy", *[f"ms at {s}" for s in shapes],
+              f"speed-up over the source (same dtype, {last})"]
+    return ["## The student under bort's runtime", "", *_table(header, rows), ""]
+
+
+def _latency_section(bench: Mapping[str, Any], latency: Latency, shapes: list[str],
+                     b: Any) -> list[str]:
+    runtimes = list(dict.fromkeys(r["runtime"] for r in bench["rows"]))
+    rows = [[model, runtime, *[_ms(latency, (model, runtime, s)) for s in shapes]]
+            for model in ("source", "student") for runtime in runtimes]
+    others = [r for r in runtimes if not r.startswith("bort")]
+    ratios = [[f"bort-{dtype}", other,
+               *[_ratio(latency, ("source", other, s), ("student", f"bort-{dtype}", s))
+                 for s in shapes]] for dtype in bench["accuracy"] for other in others]
+    return ["## Latency: source and student under each runtime", "",
+            f"Median ms at batch {b.batch}, {', '.join(map(str, b.threads))} thread(s), "
+            f"{b.rounds} interleaved rounds (`bench/latency.md`, `bench/latency.png`).", "",
+            *_table(["model", "runtime", *shapes], rows), "",
+            "Speed-up of the student under bort over the source under each other runtime "
+            "(source ms / student ms):", "",
+            *_table(["student", "vs source on", *shapes], ratios), "",
+            *[f"- note: {note}" for note in bench["notes"]]]
+
+
+def pipeline_report(config: Any, source: str, metric: str, sizes: Mapping[str, int],
+                    stages: Mapping[str, Any], order: Sequence[str]) -> str:
+    """``report.md`` of a finished run: stage times, the chosen architecture, accuracy of
+    teacher and students, the student under each bort dtype, and latency against the peers."""
+    bench = stages["bench"]
+    latency = {(r["model"], r["runtime"], r["shape"]): r["ms"] for r in bench["rows"]}
+    shapes = list(dict.fromkeys(r["shape"] for r in bench["rows"]))
+    lines = [f"# bort pipeline: {config.name}", "",
+             f"Source `{source}`, task `{config.task}` (train {sizes['train']}, dev "
+             f"{sizes['dev']}, test {sizes['test']}; split in `split.json`), seed {config.seed}.",
+             "", *_stages_section(stages, order), *_search_section(stages["search"]),
+             *_accuracy_section(stages, metric), *_runtime_section(bench, latency, shapes),
+             *_latency_section(bench, latency, shapes, config.bench), "",
+             "Figures: `search/front.png` (the front), `curves.png` (training), "
+             "`bench/latency.png` (latency).", ""]
+    return "\n".join(lines)

@@ -1,0 +1,64 @@
+"""Wall-clock timing: the one loop behind the search's latency table and `bort bench`.
+
+Runners are timed in interleaved rounds (one call of each per round), so machine noise hits all
+of them alike, after warm-up calls that keep one-time costs out; the result is the median.
+
+Example:
+    >>> ms = interleaved_ms({"sum": lambda: sum(range(1000))}, rounds=5)
+    >>> sorted(ms), ms["sum"] > 0
+    (['sum'], True)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+__all__ = ["WARMUP", "interleaved_ms", "median_ms", "median_of"]
+
+#: Calls of each runner before timing starts (allocators, caches, thread pools warm up).
+WARMUP = 2
+
+
+def interleaved_ms(runners: Mapping[str, Callable[[], object]], *, rounds: int = 10,
+                   warmup: int = WARMUP, min_rounds: int = 3, min_seconds: float = 0.0,
+                   budget_s: float = float("inf")) -> dict[str, float]:
+    """Median milliseconds of each runner over interleaved rounds.
+
+    Runs at least ``min_rounds`` rounds and ``rounds`` unless ``budget_s`` seconds pass first,
+    and keeps going past ``rounds`` until ``min_seconds`` have passed (short calls get more
+    rounds)."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    start = time.perf_counter()
+    done = 0
+    while True:
+        for name, run in runners.items():
+            t = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t)
+        done += 1
+        elapsed = time.perf_counter() - start
+        if done >= min_rounds and (elapsed > budget_s or (done >= rounds
+                                                          and elapsed >= min_seconds)):
+            break
+    return {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
+
+
+def median_ms(fn: Callable[[], object], *, rounds: int = 5, min_seconds: float = 0.05) -> float:
+    """Median milliseconds of ``fn()``: at least ``rounds`` calls and ``min_seconds`` of them."""
+    return interleaved_ms({"fn": fn}, rounds=rounds, min_seconds=min_seconds)["fn"]
+
+
+def median_of(sample: Callable[[], object], *, rounds: int = 5,
+              warmup: int = WARMUP) -> np.ndarray:
+    """Element-wise median of ``rounds`` calls of ``sample`` (which returns a measurement, such
+    as the per-stage milliseconds the encoder times itself), after ``warmup`` discarded calls."""
+    for _ in range(warmup):
+        sample()
+    return np.median(np.array([sample() for _ in range(rounds)], dtype=np.float64), axis=0)

@@ -1,0 +1,62 @@
+"""The bench harness with runtimes registered from outside (README: "Extending bort")."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bort import Arch
+from bort.bench import RUNTIMES, Skip, markdown, run_matrix
+from bort.config import BenchConfig
+from bort.errors import ConfigError
+from bort.model import BortModel
+from bort.runtime import Encoder
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    torch.manual_seed(0)
+    directory = tmp_path / "tiny"
+    BortModel(Arch.uniform(2, 2, 32, 64, vocab_size=120, max_positions=64)).save_pretrained(
+        directory)
+    return directory
+
+
+@pytest.fixture
+def registered():
+    """A numpy runtime (its own forward: the embeddings' sum) and one that is never available."""
+    calls = []
+
+    def numpy_runtime(target):
+        encoder = Encoder.from_pretrained(target.model_dir, num_threads=target.threads)
+        return lambda x: calls.append(encoder(x.input_ids, x.attention_mask).sum())
+
+    def missing(target):
+        raise Skip("missing-runtime: its package is not installed")
+
+    RUNTIMES.register("numpy-test", numpy_runtime)
+    RUNTIMES.register("missing-test", missing)
+    yield calls
+    RUNTIMES.unregister("numpy-test")
+    RUNTIMES.unregister("missing-test")
+
+
+def test_a_runtime_registered_from_outside_is_timed(tiny, tmp_path, registered) -> None:
+    config = BenchConfig(lengths=[8, 16], rounds=3,
+                         runtimes=["numpy-test", "missing-test", "bort-fp32"])
+    rows, notes = run_matrix({"tiny": tiny}, {"tiny": tmp_path / "unused.onnx"}, config,
+                             tmp_path)
+    assert {(r["runtime"], r["shape"]) for r in rows} == {
+        (rt, s) for rt in ("numpy-test", "bort-fp32") for s in ("1x8", "1x16")}
+    assert all(r["ms"] > 0 and np.isfinite(r["gflops_per_s"]) for r in rows)
+    assert notes == ["missing-runtime: its package is not installed"]
+    assert len(registered) >= 2 * (2 + 3)  # warm-up and timed calls of both shapes
+    table = markdown(rows)
+    assert "| 1x16 | 1 |" in table and "numpy-test" in table
+
+
+def test_unknown_runtimes_are_named(registered) -> None:
+    with pytest.raises(ConfigError, match="unknown value 'nope'"):
+        BenchConfig(runtimes=["numpy-test", "nope"])
+    assert "numpy-test" in BenchConfig().runtimes  # the default: every registered runtime
