@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bort.data import TASKS, Dataset, load_task, stratified_split
+from bort.data import (
+    TASKS,
+    Dataset,
+    default_transfer,
+    load_task,
+    stratified_split,
+    transfer_texts,
+)
 from bort.errors import ConfigError, DataError
 from bort.metrics import accuracy, f1, mcc, mcnemar, pearson, spearman
 
@@ -197,3 +204,68 @@ def test_mcnemar_is_the_exact_binomial_test():
     p = 2 * sum(math.comb(12, i) for i in range(3)) / 2 ** 12
     assert (out["a_only"], out["b_only"]) == (10, 2) and out["p_value"] == pytest.approx(p)
     assert mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_paired_bootstrap_against_the_normal_approximation() -> None:
+    from bort.metrics import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    a = rng.random(2000) < 0.80
+    b = np.where(rng.random(2000) < 0.9, a, ~a)  # b agrees with a on 90% of the items
+    r = paired_bootstrap(a, b, seed=3)
+    d = a.astype(float) - b.astype(float)
+    half = 1.96 * d.std(ddof=1) / np.sqrt(len(d))
+    assert r["difference"] == pytest.approx(d.mean())
+    assert r["low"] == pytest.approx(d.mean() - half, abs=0.004)
+    assert r["high"] == pytest.approx(d.mean() + half, abs=0.004)
+    assert paired_bootstrap(a, a)["low"] == paired_bootstrap(a, a)["high"] == 0.0
+
+
+# ---------------------------------------------------------------------- transfer text
+EXCLUDED = ["the acting is superb but the story drags on far too long in the middle",
+            "a warm , funny and quietly devastating film about two sisters",
+            "must be seen to be believed", "simply a gem"]
+
+
+def test_transfer_texts_drop_copies_of_the_excluded(tmp_path):
+    lines = [
+        "the acting is superb but the story drags on far too long in the middle",  # exact
+        "the acting is superb but the story drags on far too long in the end.",  # Jaccard 0.83
+        "A Warm, Funny and Quietly Devastating Film about Two Sisters!",  # the same normalised
+        "A warm, funny and quietly.",  # too short
+        "The orchestra rehearsed the symphony for weeks before the premiere. It went well.",
+        "Farmers worry about the long dry summer ahead of them. Farmers worry about the long "
+        "dry summer ahead of them.",  # a repeat
+        "Stocks fell sharply on Tuesday after the quarterly report came out.",
+        "He said it must be seen to be believed, and he was right.",  # holds an excluded
+        "It is simply a gem of a movie and I loved every minute.",  # too short an excluded
+    ]
+    (tmp_path / "a.txt").write_text("\n".join(lines[:4]) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(lines[4:]) + "\n")
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    texts, report = transfer_texts(files, EXCLUDED, limit=10, seed=0)
+    assert texts == ["The orchestra rehearsed the symphony for weeks before the premiere.",
+                     "Farmers worry about the long dry summer ahead of them.",
+                     "Stocks fell sharply on Tuesday after the quarterly report came out.",
+                     "It is simply a gem of a movie and I loved every minute."]
+    assert report == {"read": 11, "out_of_length": 2, "repeated": 1, "exact": 1, "near": 3,
+                      "eligible": 4, "kept": 4}
+    two, again = transfer_texts(files, EXCLUDED, limit=2, seed=0)
+    assert len(two) == again["kept"] == 2 and set(two) <= set(texts)
+    assert two == transfer_texts(files, EXCLUDED, limit=2, seed=0)[0]  # seeded
+    assert {tuple(transfer_texts(files, EXCLUDED, limit=2, seed=s)[0]) for s in range(8)} != {
+        tuple(two)}
+    assert transfer_texts(files, [], limit=10, seed=0)[1]["eligible"] == 8
+
+
+def test_default_transfer_for_rotten_tomatoes_leaves_out_dev_and_test():
+    from bort.data import _normalised
+
+    task = load_task("rotten_tomatoes", seed=0)
+    texts, report = default_transfer(task, 300, seed=0)
+    assert len(texts) == report["kept"] == 300 and report["files"][0].endswith("imdb.txt")
+    assert report["read"] > 300000 and report["near"] > 0 and report["excluded"] == (
+        "rotten_tomatoes dev+test")
+    held = {_normalised(t) for t in task.dev.texts + task.test.texts}
+    assert not {_normalised(t) for t in texts} & held
+    assert all(6 <= len(t.split()) <= 40 for t in texts)

@@ -143,6 +143,27 @@ def test_surrogate_error_is_deterministic_and_ranks_sizes(teacher, corpus) -> No
     assert e_large < e_small
 
 
+def test_every_candidate_surrogate_has_the_same_terms(teacher, corpus) -> None:
+    """Candidates that keep the teacher's head count, have fewer heads, or drop attention all
+    pay the same loss terms (the attention KL exists only for matching layers, so it is off)."""
+    from bort import Arch
+    from bort.distill import loss_terms, surrogate_run
+
+    full = target_arch(teacher.arch, 2, 12, 384, 768)
+    fewer = Arch(hidden=384, layers=[(4, 32, 768)] * 6)
+    none = Arch(hidden=384, layers=[(0, 0, 768), (2, 32, 0)] + [(0, 0, 0)] * 4)
+    terms = [surrogate_run(replace(a, **{f: getattr(teacher.arch, f) for f in (
+        "vocab_size", "max_positions", "type_vocab_size", "pad_token_id", "layer_norm_eps",
+        "pooler")}), teacher, corpus, 2, batch_size=4, seq_len=24)["terms"]
+        for a in (full, fewer, none)]
+    assert terms == [["hidden"]] * 3
+    with_attention = DistillConfig(attention_weight=1.0, mlm_weight=0.5)
+    assert list(loss_terms(with_attention, mlm=True)) == ["hidden", "attention", "mlm", "logits"]
+    assert list(loss_terms(with_attention, mlm=False)) == ["hidden", "attention"]
+    with pytest.raises(ConfigError, match="every loss weight is 0"):
+        loss_terms(DistillConfig(hidden_weight=0, attention_weight=0), mlm=False)
+
+
 def test_masked_lm_terms_with_an_mlm_teacher(minilm_dir, corpus, tmp_path) -> None:
     """A teacher with an MLM head (random, MiniLM's vocabulary and tokenizer) teaches a student
     extracted with its head: the MLM terms join the loss, and the training loss falls (a random

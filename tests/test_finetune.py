@@ -17,9 +17,13 @@ from bort.extract import extract, magnitude_importance, target_arch
 from bort.finetune import (
     Encoded,
     FinetuneConfig,
+    TeacherOutputs,
     encode_split,
     evaluate,
     finetune,
+    kd_loss,
+    soft_targets,
+    teacher_outputs,
     train,
     with_head,
 )
@@ -73,30 +77,146 @@ def test_finetune_teacher_learns_and_writes_everything(teacher_dir, rt_dir):
     assert acc == pytest.approx(metrics["test"]["accuracy"], abs=0.02)  # fp32 runtime vs torch
 
 
-def test_interrupted_training_resumes_bit_for_bit(minilm_dir, rt_dir, tmp_path):
+@pytest.mark.parametrize("distil", [False, True], ids=["plain", "distil"])
+def test_interrupted_training_resumes_bit_for_bit(minilm_dir, rt_dir, tmp_path, distil):
     task = load_task(rt_dir)
     tok = load_tokenizer(minilm_dir)
     data = [encode_split(tok, s.subset(range(96)), 32) for s in (task.train, task.dev)]
     config = FinetuneConfig(lr=1e-4, epochs=2, batch_size=16, seq_len=32, evals_per_epoch=2,
-                            patience=10)
+                            patience=10, pooled_weight=0.5)
+    teacher = None
+    if distil:  # a third of the rows unlabelled; a teacher of another width: a projection
+        data[0].labels[::3] = -1
+        rng = np.random.default_rng(0)
+        teacher = TeacherOutputs(rng.normal(size=(96, 2)).astype(np.float32),
+                                 rng.normal(size=(96, 24)).astype(np.float32))
 
     def fresh():
         torch.manual_seed(0)
         return with_head(small(minilm_dir), task)
 
-    whole = train(fresh(), *data, config)
+    whole = train(fresh(), *data, config, teacher=teacher)
 
     def stop(msg):
         if "step 6/" in msg:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(fresh(), *data, config, out=tmp_path, log=stop)
-    resumed = train(fresh(), *data, config, out=tmp_path, resume=True)
+        train(fresh(), *data, config, out=tmp_path, log=stop, teacher=teacher)
+    resumed = train(fresh(), *data, config, out=tmp_path, resume=True, teacher=teacher)
     assert resumed.steps == whole.steps == 12
     for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), k
     assert resumed.history["dev"] == whole.history["dev"]
+    assert resumed.history["train_loss"] == whole.history["train_loss"]
+
+
+# ---------------------------------------------------------------------- task distillation
+def _log_softmax(x):
+    x = x - x.max(1, keepdims=True)
+    return x - np.log(np.exp(x).sum(1, keepdims=True))
+
+
+def test_kd_loss_against_closed_forms():
+    rng = np.random.default_rng(0)
+    s, t = rng.normal(size=(6, 3)) * 2, rng.normal(size=(6, 3)) * 2
+    labels = np.array([0, 2, -1, 1, -1, 2])
+    gold = labels >= 0
+    ce = -np.mean(_log_softmax(s)[gold, labels[gold]])
+
+    def loss(alpha, temperature, student=s, y=labels):
+        return kd_loss(torch.tensor(student), torch.tensor(t), torch.tensor(y), alpha,
+                       temperature).item()
+
+    assert loss(1.0, 2.0) == pytest.approx(ce, rel=1e-6)  # alpha = 1: the gold CE alone
+    for temperature in (1.0, 2.0, 4.0):
+        p = np.exp(_log_softmax(t / temperature))
+        assert soft_targets(torch.tensor(t), temperature).sum(1).numpy() == pytest.approx(1)
+        kl = np.mean((p * (np.log(p) - _log_softmax(s / temperature))).sum(1))
+        assert loss(0.0, temperature) == pytest.approx(temperature ** 2 * kl, rel=1e-6)
+        assert loss(0.3, temperature) == pytest.approx(0.3 * ce + 0.7 * temperature ** 2 * kl,
+                                                       rel=1e-6)
+    assert loss(0.0, 1.0, student=t) == pytest.approx(0, abs=1e-9)  # the teacher itself
+    moved = s.copy()
+    moved[~gold] += rng.normal(size=moved[~gold].shape) * 5  # unlabelled rows: no CE
+    assert loss(1.0, 2.0, student=moved) == pytest.approx(ce, rel=1e-6)
+    none = np.full(6, -1)  # no gold label at all: the CE term is 0, not renormalised
+    p = np.exp(_log_softmax(t / 2))
+    kl = np.mean((p * (np.log(p) - _log_softmax(s / 2))).sum(1))
+    assert loss(0.5, 2.0, y=none) == pytest.approx(0.5 * 4 * kl, rel=1e-6)
+
+
+def test_kd_loss_for_regression():
+    s, t = np.array([[0.5], [1.0], [2.0], [-1.0]]), np.array([[0.0], [1.5], [2.0], [0.0]])
+    y = np.array([1.0, np.nan, 3.0, np.nan], np.float32)
+    gold = np.mean((s[[0, 2], 0] - y[[0, 2]]) ** 2)
+    soft = np.mean((s[:, 0] - t[:, 0]) ** 2)
+    got = kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), 0.25, 2.0, regression=True)
+    assert got.item() == pytest.approx(0.25 * gold + 0.75 * soft, rel=1e-6)
+
+
+def test_teacher_outputs_are_cached_by_teacher_and_data(minilm_dir, rt_dir, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setenv("BORT_CACHE_DIR", str(tmp_path))
+    task = load_task(rt_dir)
+    torch.manual_seed(0)
+    teacher = with_head(small(minilm_dir), task)
+    data = encode_split(load_tokenizer(minilm_dir), task.dev.subset(range(20)), 32)
+    calls = []
+    forward = teacher.forward
+    monkeypatch.setattr(teacher, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+
+    first = teacher_outputs(teacher, data)
+    n = len(calls)
+    assert n > 0 and not first.cached and first.logits.shape == (20, 2)
+    assert first.pooled.shape == (20, 384) and first.logits.dtype == np.float32
+    teacher.eval()  # dropout off, as for the outputs
+    assert first.logits == pytest.approx(teacher(**_batch(data)).logits.detach().numpy(),
+                                         abs=1e-5)
+    calls.clear()
+    again = teacher_outputs(teacher, data)
+    assert not calls and again.cached and again.key == first.key
+    assert np.array_equal(again.logits, first.logits) and np.array_equal(again.pooled,
+                                                                         first.pooled)
+    assert len(list((tmp_path / "teacher-outputs").glob("*.safetensors"))) == 1
+    other = data.take(range(19))  # other data
+    assert not teacher_outputs(teacher, other).cached and calls
+    changed = Encoded([x.copy() for x in data.ids], data.types, data.labels)
+    changed.ids[3][1] += 1  # one token of one text
+    assert not teacher_outputs(teacher, changed).cached
+    with torch.no_grad():
+        teacher.classifier.bias[0] += 0.5  # one teacher weight
+    moved = teacher_outputs(teacher, data)
+    assert not moved.cached and moved.key != first.key
+    assert not np.allclose(moved.logits, first.logits)
+    assert teacher_outputs(teacher, data).cached
+    assert not teacher_outputs(teacher, data, cache=False).cached
+
+
+def _batch(data):
+    from bort.finetune import _collate
+
+    return _collate(data, range(len(data)), 0)
+
+
+def test_training_rows_must_fit_the_teacher(minilm_dir, rt_dir):
+    task = load_task(rt_dir)
+    model = with_head(small(minilm_dir), task)
+    ids = [np.array([101, 2204, 102], np.int32)] * 4
+    data = Encoded(ids, [np.zeros(3, np.int32)] * 4, np.array([0, 1, -1, 1]))
+    with pytest.raises(ConfigError, match="need a teacher"):
+        train(model, data, data.take([0, 1]), FinetuneConfig())
+    wrong = TeacherOutputs(np.zeros((3, 2), np.float32), np.zeros((3, 384), np.float32))
+    with pytest.raises(ConfigError, match="do not fit 4 training rows"):
+        train(model, data, data.take([0, 1]), FinetuneConfig(), teacher=wrong)
+    other = with_head(small(minilm_dir), task)
+    other.id2label = {0: "bad", 1: "good"}
+    with pytest.raises(ConfigError, match="does not fit the task"):
+        finetune(model, task, "unused", teacher=other, log=None)
+    with pytest.raises(ConfigError, match="no classification head"):
+        finetune(model, task, "unused", teacher=small(minilm_dir), log=None)
+    with pytest.raises(ConfigError, match="need a teacher to label"):
+        finetune(model, task, "unused", transfer=["a text"], log=None)
 
 
 def test_regression_head(minilm_dir, tmp_path):
@@ -198,6 +318,45 @@ def test_cli_agora_on_text(minilm_dir, rt_dir, teacher_dir, tmp_path, capsys):
     # a rerun resumes: nothing is trained again
     assert main(args) == 0
     assert json.loads((tmp_path / "agora" / "metrics.json").read_text())["rounds"] == rounds
+
+
+def test_cli_task_distillation_with_transfer_hits_the_teacher_cache(minilm_dir, rt_dir,
+                                                                     teacher_dir, tmp_path,
+                                                                     monkeypatch, capsys):
+    import re
+
+    monkeypatch.setenv("BORT_CACHE_DIR", str(tmp_path / "cache"))
+    small(minilm_dir).save_pretrained(tmp_path / "student")
+    task = load_task(rt_dir)
+    seen = set(task.train.texts + task.dev.texts + task.test.texts)
+
+    def one(texts):  # texts of one sentence (the transfer file's lines are cut into sentences)
+        return [t for t in texts if not re.search(r"[.!?]\s", t) and 6 <= len(t.split()) <= 40]
+
+    fresh = [t for t in one(load_task("rotten_tomatoes").train.texts) if t not in seen][:40]
+    copies = one(task.test.texts)[:3] + [t.upper() for t in one(task.dev.texts)[:1]]
+    (tmp_path / "transfer.txt").write_text("\n".join(fresh + copies) + "\n")
+    args = ["finetune", str(tmp_path / "student"), "--task", str(rt_dir), "--teacher",
+            str(teacher_dir / "model"), "--transfer", str(tmp_path / "transfer.txt"),
+            "--epochs", "1", "--seq-len", "32", "--batch-size", "16", "--lr", "2e-4",
+            "--pooled-weight", "0.1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "3 copies and 1 near copies of dev/test removed" in capsys.readouterr().out
+    first = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert first["distilled_from"] == str(teacher_dir / "model")
+    assert 36 <= first["transfer"] <= 40 and first["train_rows"] == 320 + first["transfer"]
+    assert first["teacher_outputs"]["cached"] is False and first["config"]["alpha"] == 0.5
+    assert first["teacher"]["test"]["accuracy"] > 0.7
+    assert len(list((tmp_path / "cache" / "teacher-outputs").iterdir())) == 3  # train, dev, test
+    assert main([*args, "--out", str(tmp_path / "b")]) == 0
+    second = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert second["teacher_outputs"] == {**first["teacher_outputs"], "cached": True}
+    assert second["test"] == first["test"] and second["history"] == first["history"]
+    card = json.loads((tmp_path / "b" / "model" / "config.json").read_text())["bort"]
+    assert card["data"].startswith("distilled on ")
+    assert main(["finetune", str(tmp_path / "student"), "--task", str(rt_dir), "--out",
+                 str(tmp_path / "c"), "--transfer", str(tmp_path / "transfer.txt")]) == 1
+    assert "--transfer needs --teacher" in capsys.readouterr().err
 
 
 def test_cli_agora_rejects_a_weak_teacher(minilm_dir, rt_dir, tmp_path, capsys):

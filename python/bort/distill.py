@@ -45,7 +45,8 @@ from .training import (
 )
 from .training import step as optimizer_step
 
-__all__ = ["Corpus", "DistillConfig", "distill", "surrogate_error"]
+__all__ = ["SURROGATE", "Corpus", "DistillConfig", "distill", "loss_terms", "surrogate_error",
+           "surrogate_run"]
 
 #: Architecture fields a student shares with its teacher: both read the same tokens.
 _SHARED = ("vocab_size", "type_vocab_size", "position_style", "pad_token_id")
@@ -205,6 +206,18 @@ class _Masker:
         return batch
 
 
+def loss_terms(config: DistillConfig, mlm: bool) -> dict[str, float]:
+    """The terms of the distillation loss and their weights, in the order they are summed: every
+    term whose weight is > 0 (the MLM terms only when both models have an MLM head)."""
+    weights = {"hidden": config.hidden_weight, "attention": config.attention_weight}
+    if mlm:
+        weights.update(mlm=config.mlm_weight, logits=config.logit_weight)
+    terms = {name: w for name, w in weights.items() if w > 0}
+    if not terms:
+        raise ConfigError("distillation: every loss weight is 0")
+    return terms
+
+
 class _Run:
     """One distillation run: the student with its projections, optimizer, schedule, history and
     the steps taken, with a method per phase of the loop."""
@@ -249,9 +262,11 @@ class _Run:
                                   output_attentions=True, output_mlm=self.module.mlm)
         with torch.autocast("cpu", torch.bfloat16, enabled=config.bf16):
             parts = self.model(batch, target)
-        loss = config.hidden_weight * parts["hidden"] + config.attention_weight * parts["attention"]
-        if self.module.mlm:
-            loss = loss + config.mlm_weight * parts["mlm"] + config.logit_weight * parts["logits"]
+        terms = iter(loss_terms(config, self.module.mlm).items())
+        name, weight = next(terms)
+        loss = weight * parts[name]
+        for name, weight in terms:
+            loss = loss + weight * parts[name]
         return loss
 
     def evaluate(self) -> float:
@@ -329,23 +344,36 @@ def distill(teacher: BortModel, student: BortModel, corpus: Corpus, out: str | P
     run.run(log if rank == 0 else None, progress and rank == 0)
     if rank == 0:
         student.save_pretrained(out / "student", card={"data": "distilled on a text corpus"})
-    return {"step": config.steps, **run.history}
+    return {"step": config.steps, "terms": list(loss_terms(config, run.module.mlm)),
+            **run.history}
 
 
-def surrogate_error(arch, teacher: BortModel, corpus: Corpus, steps: int, seed: int = 0, *,
-                    importance=None, batch_size: int = 16, seq_len: int = 64,
-                    lr: float = 5e-4) -> float:
-    """The search's error surrogate for one candidate: extract ``arch`` from ``teacher``, distil
-    it for ``steps`` steps, and return the held-out distillation loss (the paper's short training
-    run against the maximum point). Deterministic for a given seed."""
+#: The surrogate's distillation: short, a high learning rate, and no attention term, which only
+#: layers whose head count matches the teacher's could pay (every candidate gets the same loss).
+SURROGATE = {"batch_size": 16, "seq_len": 64, "lr": 5e-4, "attention_weight": 0.0}
+
+
+def surrogate_run(arch, teacher: BortModel, corpus: Corpus, steps: int, seed: int = 0, *,
+                  importance=None, **settings) -> dict:
+    """`distill`'s result for the search's short run on one candidate: ``arch`` extracted from
+    ``teacher`` and distilled for ``steps`` steps with the `SURROGATE` settings (``settings``,
+    DistillConfig fields, override them)."""
     import tempfile
 
     from .extract import extract
 
     student = extract(teacher, arch, importance=importance)
-    config = DistillConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
-                           eval_every=steps, checkpoint_every=steps + 1, seed=seed)
+    config = DistillConfig(**{"steps": steps, "eval_every": steps, "checkpoint_every": steps + 1,
+                              "seed": seed, **SURROGATE, **settings})
     with tempfile.TemporaryDirectory() as run:
-        result = distill(teacher, student, corpus, run, config, log=None, progress=False,
-                         distributed=False)
+        return distill(teacher, student, corpus, run, config, log=None, progress=False,
+                       distributed=False)
+
+
+def surrogate_error(arch, teacher: BortModel, corpus: Corpus, steps: int, seed: int = 0, *,
+                    importance=None, **settings) -> float:
+    """The search's error surrogate for one candidate: the held-out distillation loss after
+    `surrogate_run` (the paper's short training run against the maximum point). Deterministic
+    for a given seed."""
+    result = surrogate_run(arch, teacher, corpus, steps, seed, importance=importance, **settings)
     return float(result["eval_loss"][-1][1])

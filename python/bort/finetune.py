@@ -7,6 +7,12 @@ evaluated on dev after every epoch (``evals_per_epoch`` times per epoch when set
 score's weights are kept and returned, and training stops after ``patience`` evaluations without
 improvement. The test split is scored once, at the end, on the model dev selected.
 
+With a teacher (``finetune(..., teacher=model)``, ``bort finetune --teacher DIR``) the run is task
+distillation: the student learns from `kd_loss`, the gold labels' cross-entropy and the
+teacher's soft labels, over the train split plus unlabelled transfer texts that only the
+teacher labels (optionally also matching the teacher's pooled vectors). The teacher's outputs
+are computed once and cached (`teacher_outputs`), keyed by hashes of its weights and the data.
+
 Runs the same under ``torchrun --nproc_per_node K`` (DistributedDataParallel, each rank reading
 its share of every batch, rank 0 writing). A checkpoint goes through `bort.checkpoint` after
 every evaluation and on Ctrl-C; ``resume=True`` continues from it.
@@ -21,6 +27,9 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .checkpoint import resume as resume_checkpoint
 from .checkpoint import save_checkpoint
@@ -35,8 +45,8 @@ from .config import FinetuneConfig
 from .data import Split, Task
 from .distributed import is_main
 from .distributed import world as world_of
-from .errors import BortError, ConfigError
-from .io import write_json
+from .errors import BortError, CheckpointError, ConfigError
+from .io import save_safetensors, write_json
 from .metrics import classification_metrics, regression_metrics
 from .model import BortModel
 from .tokenize import load_tokenizer
@@ -50,13 +60,22 @@ from .training import (
 )
 from .training import step as optimizer_step
 
-__all__ = ["Encoded", "FinetuneConfig", "FinetuneResult", "encode_split", "evaluate",
-           "finetune", "predict", "train", "with_head"]
+__all__ = ["Encoded", "FinetuneConfig", "FinetuneResult", "TeacherOutputs", "encode_split",
+           "evaluate", "finetune", "kd_loss", "predict", "soft_targets", "teacher_outputs",
+           "train", "with_head"]
 
 #: Batches within which an epoch's sequences are sorted by length.
 SORT_WINDOW = 50
 #: Sequences per forward pass when predicting.
 PREDICT_BATCH = 64
+#: Folder of `bort.costs.cache_dir` holding cached teacher outputs.
+TEACHER_CACHE = "teacher-outputs"
+#: Version of the cached teacher outputs' layout (part of their key).
+_TEACHER_FORMAT = 1
+#: Hex digits of the teacher-output cache key.
+_KEY_CHARS = 32
+#: The label of a row without a gold label (classification; regression uses NaN).
+UNLABELLED = -1
 
 
 @dataclass
@@ -143,30 +162,177 @@ def with_head(model: BortModel, task: Task) -> BortModel:
 
 
 @torch.no_grad()
-def predict(model: BortModel, data: Encoded, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Logits (N, labels) of ``data``, in its order; batches group similar lengths."""
+def _outputs(model: BortModel, data: Encoded, batch_size: int = PREDICT_BATCH, *,
+             pooled: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (N, labels) of ``data`` in its order, and (``pooled``) the pooled vectors
+    (N, hidden); batches group similar lengths."""
     if len(data) == 0:
         raise ValueError("empty batch: nothing to predict")
     was_training = model.training
     model.eval()
     order = np.argsort([len(x) for x in data.ids], kind="stable")
-    out = np.zeros((len(data), model.arch.num_labels), np.float32)
+    logits = np.zeros((len(data), model.arch.num_labels), np.float32)
+    vectors = np.zeros((len(data), model.arch.hidden), np.float32) if pooled else None
     for start in range(0, len(order), batch_size):
         index = order[start:start + batch_size]
-        batch = _collate(data, index, _pad_id(model))
-        out[index] = model(**batch).logits.float().numpy()
+        out = model(**_collate(data, index, _pad_id(model)))
+        logits[index] = out.logits.float().numpy()
+        if vectors is not None:
+            vectors[index] = out.pooler_output.float().numpy()
     model.train(was_training)
-    return out
+    return logits, vectors
+
+
+def predict(model: BortModel, data: Encoded, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Logits (N, labels) of ``data``, in its order; batches group similar lengths."""
+    return _outputs(model, data, batch_size)[0]
+
+
+def _scores(logits: np.ndarray, labels: np.ndarray, regression: bool
+            ) -> tuple[dict[str, float], np.ndarray]:
+    if regression:
+        pred = logits[:, 0]
+        return regression_metrics(pred, labels), pred
+    pred = logits.argmax(1)
+    return classification_metrics(pred, labels, logits.shape[1]), pred
 
 
 def evaluate(model: BortModel, data: Encoded) -> tuple[dict[str, float], np.ndarray]:
     """(metrics, predictions) of ``model`` on ``data``: class ids, or scores for regression."""
-    logits = predict(model, data)
-    if model.problem_type == "regression":
-        pred = logits[:, 0]
-        return regression_metrics(pred, data.labels), pred
-    pred = logits.argmax(1)
-    return classification_metrics(pred, data.labels, model.arch.num_labels), pred
+    return _scores(predict(model, data), data.labels, model.problem_type == "regression")
+
+
+# ---------------------------------------------------------------------- task distillation
+def soft_targets(teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """The teacher's soft labels: softmax(logits / T), each row summing to 1."""
+    return F.softmax(teacher_logits.float() / temperature, dim=-1)
+
+
+def kd_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+            alpha: float, temperature: float, regression: bool = False) -> torch.Tensor:
+    """The task-distillation loss of a batch (Hinton et al. 2015).
+
+    Classification: ``alpha``·CE(gold) + (1 − alpha)·T²·KL(softmax(t/T) ‖ softmax(s/T)), the KL
+    averaged over every row, the cross-entropy over the rows that have a gold label (label
+    −1 marks an unlabelled row). T² keeps the soft term's gradients at the scale of the hard
+    term's whatever T. Regression (``logits`` (B, 1)): ``alpha``·MSE to the gold values (rows
+    with a finite one; NaN marks unlabelled) + (1 − alpha)·MSE to the teacher's values.
+
+    A batch without any gold label has a gold term of 0, and alpha's share is not handed to
+    the teacher term: the loss is then (1 − alpha) times the soft term alone, so that the
+    soft term's weight does not depend on how many gold rows a batch happens to hold.
+    """
+    if regression:
+        pred, gold = logits[:, 0].float(), torch.isfinite(labels)
+        hard_rows = (pred - labels.float().nan_to_num(0.0)) ** 2
+        soft = F.mse_loss(pred, teacher_logits.reshape(len(pred), -1)[:, 0].float())
+    else:
+        gold = labels >= 0
+        hard_rows = F.cross_entropy(logits.float(), labels.clamp(min=0).long(), reduction="none")
+        log_student = F.log_softmax(logits.float() / temperature, dim=-1)
+        soft = temperature ** 2 * F.kl_div(log_student, soft_targets(teacher_logits,
+                                                                     temperature),
+                                           reduction="batchmean")
+    hard = (hard_rows * gold).sum() / gold.sum().clamp(min=1)
+    return alpha * hard + (1 - alpha) * soft
+
+
+@dataclass
+class TeacherOutputs:
+    """A teacher's outputs on the rows of an `Encoded`: ``logits`` (N, labels) and ``pooled``
+    (N, teacher hidden), float32. ``key`` is their cache key, ``cached`` whether they came from
+    the cache."""
+
+    logits: np.ndarray
+    pooled: np.ndarray
+    key: str = ""
+    cached: bool = False
+
+    def __len__(self) -> int:
+        return len(self.logits)
+
+
+def _teacher_digest(teacher: BortModel) -> str:
+    """SHA-256 of the teacher's architecture, labels and every weight's bytes."""
+    h = hashlib.sha256(json.dumps({
+        "arch": dataclasses.asdict(teacher.arch), "labels": teacher.id2label,
+        "problem": teacher.problem_type}, sort_keys=True, default=str).encode())
+    for name, tensor in teacher.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def _data_digest(data: Encoded) -> str:
+    """SHA-256 of the token ids and types of ``data`` (its labels do not change the outputs)."""
+    h = hashlib.sha256(np.asarray([len(x) for x in data.ids], np.int64))
+    for part in (data.ids, data.types):
+        if part:
+            h.update(np.concatenate(part).astype(np.int32))
+    return h.hexdigest()
+
+
+def _read_cached(path: Path, rows: int) -> dict[str, np.ndarray] | None:
+    """The cached arrays at ``path`` when they are whole and have ``rows`` rows."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        arrays = load_file(str(path))
+    except (OSError, SafetensorError):
+        return None  # damaged: computed again and rewritten
+    if set(arrays) != {"logits", "pooled"} or len(arrays["logits"]) != rows:
+        return None
+    return arrays
+
+
+def teacher_outputs(teacher: BortModel, data: Encoded, *, cache: bool = True) -> TeacherOutputs:
+    """The teacher's logits and pooled vectors on ``data`` (dropout off), computed once: with
+    ``cache`` they are kept as safetensors under ``bort.costs.cache_dir() / "teacher-outputs"``,
+    keyed by a hash of the teacher (weights, architecture, labels) and of the data (token ids
+    and types), so a changed weight or text is computed afresh."""
+    from .costs import cache_dir
+
+    if teacher.classifier is None or teacher.pooler is None:
+        raise ConfigError("the teacher has no classification head: fine-tune it on the task")
+    key = hashlib.sha256(f"{_TEACHER_FORMAT}:{_teacher_digest(teacher)}:"
+                         f"{_data_digest(data)}".encode()).hexdigest()[:_KEY_CHARS]
+    path = cache_dir() / TEACHER_CACHE / f"{key}.safetensors"
+    arrays = _read_cached(path, len(data)) if cache else None
+    if arrays is not None:
+        return TeacherOutputs(arrays["logits"], arrays["pooled"], key, cached=True)
+    logits, pooled = _outputs(teacher, data, pooled=True)
+    if cache and is_main():
+        save_safetensors({"logits": logits, "pooled": pooled}, path,
+                         {"rows": str(len(data)), "teacher": str(teacher.source_dir)})
+    return TeacherOutputs(logits, pooled, key, cached=False)
+
+
+class _Student(nn.Module):
+    """The student and, for the pooled-vector loss, its projection to the teacher's width: one
+    module, so that DistributedDataParallel, the optimizer and gradient clipping see both."""
+
+    def __init__(self, model: BortModel, projection: nn.Module | None):
+        super().__init__()
+        self.model, self.projection = model, projection
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = self.model(**batch)
+        if self.projection is None:
+            return out.logits, None
+        return out.logits, self.projection(out.pooler_output)
+
+
+def _projection(model: BortModel, teacher: TeacherOutputs | None,
+                config: FinetuneConfig) -> nn.Module | None:
+    """The map of student pooled vectors to the teacher's width (None: no pooled loss)."""
+    if teacher is None or config.pooled_weight == 0:
+        return None
+    width = teacher.pooled.shape[1]
+    return nn.Identity() if width == model.arch.hidden else nn.Linear(model.arch.hidden, width)
 
 
 @dataclass
@@ -186,15 +352,18 @@ class _Run:
 
     def __init__(self, model: BortModel, train_data: Encoded, dev: Encoded,
                  config: FinetuneConfig, metric: str, out: str | Path | None,
-                 ranks: tuple[int, int], log: Callable[[str], None] | None):
+                 ranks: tuple[int, int], log: Callable[[str], None] | None,
+                 teacher: TeacherOutputs | None = None):
         self.model, self.train_data, self.dev, self.config = model, train_data, dev, config
-        self.metric, self.log = metric, log
+        self.metric, self.log, self.teacher = metric, log, teacher
         self.rank, self.world = ranks
         self.regression = model.problem_type == "regression"
         self.checkpoints = Path(out) / "checkpoints" if out is not None else None
         seed_everything(config.seed)
-        self.net = parallel(model, self.world)
-        self.opt = adamw(model, config.lr, config.weight_decay)
+        self.projection = _projection(model, teacher, config)  # trained here, never saved
+        self.student = _Student(model, self.projection)
+        self.net = parallel(self.student, self.world)
+        self.opt = adamw(self.student, config.lr, config.weight_decay)
         self.per_epoch = -(-len(train_data) // config.batch_size)
         self.total = max(1, round(config.epochs * self.per_epoch))
         self.sched = warmup_linear(self.opt, self.total, config.warmup)
@@ -214,6 +383,12 @@ class _Run:
             self.start = self.done = state.step
             self.history, self.best = state.extra["history"], state.extra["best"]
             self.best_state = {k: v.clone() for k, v in state.extra["best_state"].items()}
+            if self.projection is not None:
+                try:
+                    self.projection.load_state_dict(state.extra.get("projection", {}))
+                except RuntimeError as e:
+                    raise CheckpointError(f"{state.path}: written without this run's pooled-"
+                                          f"vector projection ({e})") from e
 
     def save(self, step: int) -> int:
         if self.checkpoints is not None:
@@ -221,11 +396,13 @@ class _Run:
                             scheduler=self.sched, keep=1,
                             extra={"history": self.history, "best": self.best,
                                    "best_state": self.best_state,
-                                   "config": self.config.as_dict()})
+                                   "config": self.config.as_dict(),
+                                   "projection": (self.projection.state_dict()
+                                                  if self.projection is not None else {})})
         return step
 
-    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """This rank's share of the step's batch, and its labels."""
+    def batch(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, np.ndarray]:
+        """This rank's share of the step's batch, its labels and its rows."""
         epoch, k = divmod(step, self.per_epoch)
         if self._batches[0] != epoch:
             self._batches = (epoch, _epoch_batches(self.train_data, self.config.batch_size,
@@ -234,16 +411,30 @@ class _Run:
         share = -(-len(index) // self.world)
         index = index[self.rank * share:(self.rank + 1) * share]
         return (_collate(self.train_data, index, _pad_id(self.model)),
-                torch.from_numpy(self.train_data.labels[index]))
+                torch.from_numpy(self.train_data.labels[index]), index)
+
+    def loss(self, logits: torch.Tensor, projected: torch.Tensor | None, labels: torch.Tensor,
+             index: np.ndarray) -> torch.Tensor:
+        """The batch's loss: on the gold labels alone, or with a teacher `kd_loss` plus the
+        pooled vectors' weighted MSE."""
+        config = self.config
+        if self.teacher is None:
+            return (F.mse_loss(logits[:, 0], labels.float()) if self.regression
+                    else F.cross_entropy(logits, labels.long()))
+        loss = kd_loss(logits, torch.from_numpy(self.teacher.logits[index]), labels,
+                       config.alpha, config.temperature, self.regression)
+        if projected is not None:
+            target = torch.from_numpy(self.teacher.pooled[index])
+            loss = loss + config.pooled_weight * F.mse_loss(projected.float(), target)
+        return loss
 
     def train_step(self, step: int) -> float:
         """One optimizer step; the loss of the whole batch."""
-        batch, labels = self.batch(step)
+        batch, labels, index = self.batch(step)
         with torch.autocast("cpu", torch.bfloat16, enabled=self.config.bf16):
-            logits = self.net(**batch).logits.float()
-        loss = (F.mse_loss(logits[:, 0], labels.float()) if self.regression
-                else F.cross_entropy(logits, labels.long()))
-        value = optimizer_step(loss, self.model, self.opt, self.sched, self.config.clip,
+            logits, projected = self.net(batch)
+        loss = self.loss(logits.float(), projected, labels, index)
+        value = optimizer_step(loss, self.student, self.opt, self.sched, self.config.clip,
                                self.world)
         self.done = step + 1
         self.history["train_loss"].append((step + 1, value))
@@ -281,23 +472,42 @@ class _Run:
                     break
 
 
-def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneConfig, *,
-          metric: str = "accuracy", out: str | Path | None = None, resume: bool = False,
-          log: Callable[[str], None] | None = None, progress: bool = False,
-          distributed: bool = True) -> FinetuneResult:
-    """Train ``model`` in place on token sequences; return the best-on-dev weights' model.
-
-    ``out`` (optional) receives checkpoints after each evaluation and on Ctrl-C.
-    """
+def _check_rows(model: BortModel, train_data: Encoded, dev: Encoded,
+                teacher: TeacherOutputs | None) -> None:
+    """The inputs of `train` fit together (ConfigError or BortError otherwise)."""
     if model.classifier is None:
         raise ConfigError("the model has no classification head: use with_head(model, task)")
     if len(train_data) == 0 or len(dev) == 0:
         raise BortError(f"empty split: train has {len(train_data)} examples, dev {len(dev)}")
+    labels = np.asarray(train_data.labels)
+    unlabelled = np.isnan(labels).any() if labels.dtype.kind == "f" else (labels < 0).any()
+    if teacher is None and unlabelled:
+        raise ConfigError("unlabelled training rows (label -1, or NaN for regression) need "
+                          "a teacher's outputs to learn from")
+    if teacher is not None and (len(teacher) != len(train_data)
+                                or teacher.logits.shape[1] != model.arch.num_labels):
+        raise ConfigError(f"teacher outputs of shape {teacher.logits.shape} do not fit "
+                          f"{len(train_data)} training rows of {model.arch.num_labels} labels")
+
+
+def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneConfig, *,
+          metric: str = "accuracy", out: str | Path | None = None, resume: bool = False,
+          log: Callable[[str], None] | None = None, progress: bool = False,
+          distributed: bool = True, teacher: TeacherOutputs | None = None) -> FinetuneResult:
+    """Train ``model`` in place on token sequences; return the best-on-dev weights' model.
+
+    ``out`` (optional) receives checkpoints after each evaluation and on Ctrl-C. ``teacher``
+    (rows aligned with ``train_data``) makes it task distillation: `kd_loss` with the config's
+    alpha and temperature, plus ``pooled_weight`` times the MSE between the (projected)
+    student's and the teacher's pooled vectors; rows without a gold label (label −1, NaN for
+    regression) learn from the teacher alone. Early stopping and selection use dev's gold labels.
+    """
+    _check_rows(model, train_data, dev, teacher)
     rank, world = world_of() if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
     run = _Run(model, train_data, dev, config, metric, out, (rank, world),
-               log if rank == 0 else None)
+               log if rank == 0 else None, teacher)
     if resume:
         run.resume()
     run.run(progress and rank == 0)
@@ -306,31 +516,104 @@ def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneC
     return FinetuneResult(model, dict(run.best["metrics"]), None, run.done, run.history)
 
 
+def _check_teacher(teacher: BortModel, model: BortModel, config: FinetuneConfig) -> None:
+    """The teacher can label the task for ``model`` (ConfigError otherwise)."""
+    if teacher.classifier is None:
+        raise ConfigError("the teacher has no classification head: fine-tune it on the task "
+                          "first (bort finetune SOURCE --task ...)")
+    if (teacher.arch.num_labels, teacher.id2label, teacher.problem_type == "regression") != (
+            model.arch.num_labels, model.id2label, model.problem_type == "regression"):
+        raise ConfigError(f"the teacher's head ({teacher.problem_type}, labels "
+                          f"{teacher.id2label}) does not fit the task ({model.problem_type}, "
+                          f"labels {model.id2label})")
+    if teacher.arch.vocab_size != model.arch.vocab_size:
+        raise ConfigError("teacher and student must read the same tokens (vocabularies of "
+                          f"{teacher.arch.vocab_size} and {model.arch.vocab_size})")
+    if teacher.arch.max_tokens < config.seq_len:
+        raise ConfigError(f"the teacher reads at most {teacher.arch.max_tokens} tokens, "
+                          f"seq_len is {config.seq_len}")
+
+
+def _transfer_sample(texts: Sequence[str], limit: int, seed: int) -> list[str]:
+    """At most ``limit`` of the non-empty ``texts``: a seeded sample, in their order."""
+    texts = [t for t in texts if t.strip()]
+    if len(texts) <= limit:
+        return texts
+    keep = np.sort(np.random.default_rng(seed).permutation(len(texts))[:limit])
+    return [texts[i] for i in keep]
+
+
+def _distillation_set(teacher: BortModel, task: Task, tokenizer, data: dict[str, Encoded],
+                      transfer: Sequence[str] | None, config: FinetuneConfig,
+                      log: Callable[[str], None] | None) -> tuple[TeacherOutputs, dict]:
+    """Append the unlabelled transfer texts to ``data["train"]``; the teacher's outputs on it
+    and what metrics.json records of the distillation (with the teacher's own scores)."""
+    texts = _transfer_sample(transfer or [], config.transfer_limit, config.seed)
+    if texts and task.pair:
+        raise ConfigError(f"{task.name} is a sentence-pair task: transfer texts (single "
+                          "sentences) cannot be read as its inputs")
+    unlabelled = (np.full(len(texts), np.nan, np.float32) if task.regression
+                  else np.full(len(texts), UNLABELLED, np.int64))
+    data["train"] = data["train"].concat(
+        encode_split(tokenizer, Split(texts, unlabelled), config.seq_len))
+    soft = teacher_outputs(teacher, data["train"])
+    if log:
+        log(f"task distillation from {teacher.source_dir}: {len(texts)} transfer texts, "
+            f"{len(soft)} rows, teacher outputs {'cached' if soft.cached else 'computed'}")
+    scores = {k: _scores(teacher_outputs(teacher, data[k]).logits, data[k].labels,
+                         task.regression)[0] for k in ("dev", "test")}
+    return soft, {"distilled_from": str(teacher.source_dir) if teacher.source_dir else None,
+                  "transfer": len(texts), "train_rows": len(soft),
+                  "teacher_outputs": {"key": soft.key, "cached": soft.cached},
+                  "teacher": scores}
+
+
 def finetune(model: BortModel, task: Task, out: str | Path,
-             config: FinetuneConfig | None = None, *, resume: bool = False,
+             config: FinetuneConfig | None = None, *, teacher: BortModel | None = None,
+             transfer: Sequence[str] | None = None, resume: bool = False,
              log: Callable[[str], None] | None = print, progress: bool = True) -> FinetuneResult:
     """Fine-tune ``model`` (given a head for ``task`` here if it lacks one) on the task's train
     split, select on dev, score test once. Writes under ``out``: ``model/`` (the selected
     model, with tokenizer), ``metrics.json``, ``split.json`` and checkpoints.
+
+    With a ``teacher`` (a model fine-tuned on the task, with the same labels) it is task
+    distillation: the training set is the train split plus the ``transfer`` texts (unlabelled;
+    a seeded sample of at most ``config.transfer_limit``, tokenised as the task is), all
+    labelled by the teacher's soft outputs (`train`); metrics.json then records
+    ``distilled_from``, the ``transfer`` count, the teacher-output cache and the teacher's scores.
     """
     config = config or FinetuneConfig()
     if model.source_dir is None:
         raise BortError("the model has no tokenizer: load it with BortModel.from_pretrained")
+    if transfer and teacher is None:
+        raise ConfigError("transfer texts are unlabelled: they need a teacher to label them")
     out = Path(out)
     torch.manual_seed(config.seed)  # a new head's initialisation is part of the run's seed
     model = with_head(model, task)
+    if teacher is not None:
+        _check_teacher(teacher, model, config)
     tokenizer = load_tokenizer(model.source_dir, config.seq_len)
     data = {k: encode_split(tokenizer, getattr(task, k), config.seq_len)
             for k in ("train", "dev", "test")}
+    soft, record = (_distillation_set(teacher, task, tokenizer, data, transfer, config, log)
+                    if teacher is not None else (None, {}))
     result = train(model, data["train"], data["dev"], config, metric=task.metric, out=out,
-                   resume=resume, log=log, progress=progress)
+                   resume=resume, log=log, progress=progress, teacher=soft)
     result.test, _ = evaluate(result.model, data["test"])
     if is_main():
-        task.write_split(out)
-        result.model.save_pretrained(out / "model", card={
-            "data": f"fine-tuned on {task.name}",
-            "metrics": {"dev": result.dev, "test": result.test}})
-        write_json(out / "metrics.json", {
-            "task": task.name, "metric": task.metric, "dev": result.dev, "test": result.test,
-            "steps": result.steps, "config": config.as_dict(), "history": result.history})
+        _write_results(out, task, config, result, record)
     return result
+
+
+def _write_results(out: Path, task: Task, config: FinetuneConfig, result: FinetuneResult,
+                   record: dict) -> None:
+    """The selected model, split.json and metrics.json (with the distillation ``record``)."""
+    task.write_split(out)
+    how = (f"distilled on {task.name} from {record['distilled_from']}" if record
+           else f"fine-tuned on {task.name}")
+    result.model.save_pretrained(out / "model", card={
+        "data": how, "metrics": {"dev": result.dev, "test": result.test}})
+    write_json(out / "metrics.json", {
+        "task": task.name, "metric": task.metric, "dev": result.dev, "test": result.test,
+        "steps": result.steps, "config": config.as_dict(), **record,
+        "history": result.history})

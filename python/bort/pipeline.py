@@ -5,10 +5,14 @@ finishes; a rerun skips finished stages and resumes an interrupted one from its 
 
 1. ``teacher``  fine-tune the source on the task (cached across runs by source, task, split and
    settings): the teacher S that Agora needs;
-2. ``search``   the Bort search over the source's sub-architectures;
+2. ``search``   the Bort search over the source's sub-architectures: by default the most
+   accurate candidate (surrogate error) that is at least 10× faster than the source, timed with
+   bort's encoder at 1 × 128 tokens on 1 thread (the paper's W pick is reported beside it);
 3. ``extract``  the chosen architecture initialised from the source's weights;
 4. ``distill``  distillation from the source on the corpus;
-5. ``finetune`` Agora over Θ, and the plain baseline (the same loop and compute, no new points);
+5. ``finetune`` the student: task distillation from the teacher's soft labels over the train
+   split and unlabelled in-domain text (``[student]``); beside it Agora over Θ and its plain
+   control (the same loop and compute, no new points);
 6. ``export``   ONNX files of the source and the student;
 7. ``bench``    latency of source and student under torch, ONNX Runtime and bort (fp32, bf16,
    int8), and the student's test accuracy in each bort dtype;
@@ -55,11 +59,14 @@ __all__ = ["NEEDS", "STAGES", "PipelineConfig", "run_pipeline"]
 
 STAGES = ("teacher", "search", "extract", "distill", "finetune", "export", "bench", "report")
 #: The stages whose results each stage reads.
-NEEDS = {"extract": ("search",), "distill": ("extract",), "finetune": ("teacher", "distill"),
-         "export": ("finetune",), "bench": ("export", "finetune"),
+NEEDS = {"search": ("teacher",), "extract": ("search",), "distill": ("extract",),
+         "finetune": ("teacher", "distill"), "export": ("finetune",),
+         "bench": ("export", "finetune"),
          "report": ("teacher", "search", "distill", "finetune", "bench")}
 #: Stages whose results live outside the run directory (the cached teacher) or are only a file.
 _KEEP_ON_REDO = ("teacher", "report")
+#: The fine-tuning arm that is exported, benchmarked and shipped: task distillation.
+STUDENT_ARM = "distilled"
 #: Lines of the corpus held out for the distillation loss.
 HELD_OUT = 0.002
 
@@ -92,9 +99,15 @@ class PipelineConfig(Settings):
                                    "as Agora, no new points")
     teacher: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=2.0, seq_len=64, evals_per_epoch=2))
-    search: SearchConfig = field(default_factory=lambda: SearchConfig(steps=30))
+    agora_arms: bool = setting(False, "also run Agora and its plain control next to the "
+                               "task-distilled student (about 10 more minutes)")
+    search: SearchConfig = field(default_factory=lambda: SearchConfig(
+        representatives=10, steps=60, rungs=2, cost="latency", min_speedup=10.0,
+        choose="accurate"))
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(
         steps=400, batch_size=16, seq_len=64, lr=5e-4, eval_every=100, checkpoint_every=100))
+    student: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
+        lr=2e-4, epochs=2.0, seq_len=64, evals_per_epoch=2, patience=3))
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=1.5, seq_len=64, evals_per_epoch=2))
     agora: AgoraConfig = field(default_factory=lambda: AgoraConfig(
@@ -112,11 +125,15 @@ class PipelineConfig(Settings):
     def quick(cls, **overrides: Any) -> PipelineConfig:
         """The few-minute run (`bort pipeline --quick`): small splits, short training."""
         return cls().updated({
-            "name": "quick", "max_train": 480, "max_eval": 160,
+            "name": "quick", "max_train": 480, "max_eval": 160, "agora_arms": True,
             "teacher": {"lr": 2e-4, "epochs": 3, "batch_size": 16, "evals_per_epoch": 1,
                         "patience": 3},
-            "search": {"representatives": 3, "steps": 4},
+            # a lower bound than the default's: timed end to end, 3 candidates near 10× can all
+            # miss it on a busy machine, and the quick run checks the mechanics
+            "search": {"representatives": 3, "steps": 4, "rungs": 1, "min_speedup": 4.0},
             "distill": {"steps": 40, "eval_every": 20, "checkpoint_every": 20},
+            "student": {"epochs": 1, "batch_size": 16, "evals_per_epoch": 1,
+                        "transfer_limit": 480},
             "finetune": {"epochs": 1, "batch_size": 16, "evals_per_epoch": 1},
             "agora": {"thetas": [{"lr": 3e-4}, {"lr": 1e-4}], "max_rounds": 2, "per_point": 2},
             "bench": {"lengths": [16, 64], "rounds": 3,
@@ -252,14 +269,17 @@ def _teacher(run: Run) -> dict:
 
 def _search(run: Run) -> dict:
     from .costs import COSTS
+    from .model import BortModel
     from .search import optimal_subarchitecture, plot_front
     from .space import SPACES
 
     s = run.config.stage("search")
     source = run.source()
     out = run.dir / "search"
+    teacher = BortModel.from_pretrained(run.result("teacher")["model"])
     result = optimal_subarchitecture(source, SPACES[s.space](source.arch), run.corpus(),
-                                     importance=run.importance(), config=s, out=out, log=run.log)
+                                     importance=run.importance(), config=s, out=out, log=run.log,
+                                     teacher=teacher, task=run.task())
     if result.optimum is None:
         raise ConfigError("the search found no architecture meeting the constraints "
                           f"(max_params={s.max_params}, min_speedup={s.min_speedup})")
@@ -268,7 +288,8 @@ def _search(run: Run) -> dict:
     best = result.optimum
     return {"arch": best.arch.to_config(), "describe": best.arch.describe(),
             "params": best.params, "cost": best.cost, "cost_kind": s.cost, "error": best.error,
-            "w": best.w, "source_params": result.maximum.params,
+            "w": best.w, "rule": result.rule, "measured_speedup": result.measured_speedup,
+            "by_w": result.by_w.arch.describe(), "source_params": result.maximum.params,
             "source_cost": result.maximum.cost, "candidates": len(result.candidates),
             "evaluated": len(result.evaluated)}
 
@@ -297,22 +318,51 @@ def _distill(run: Run) -> dict:
     return {"model": str(out / "student"), "eval_loss": history["eval_loss"]}
 
 
-def _finetune(run: Run) -> dict:
+def _distilled_arm(run: Run, teacher, arm_dir: Path) -> dict:
+    """The shipped student: task distillation from the teacher's soft labels over the train
+    split and unlabelled in-domain text (dev and test near-duplicates removed)."""
+    from .data import default_transfer
+    from .finetune import finetune
+    from .model import BortModel
+
+    config = run.config.stage("student")
+    texts, transfer = default_transfer(run.task(), config.transfer_limit, run.config.seed)
+    student = BortModel.from_pretrained(run.result("distill")["model"])
+    result = finetune(student, run.task(), arm_dir, config, teacher=teacher, transfer=texts,
+                      resume=True, log=run.log)
+    metric = run.task().metric
+    return {"model": str(arm_dir / "model"), "test": result.test, "dev": result.dev[metric],
+            "train_steps": result.steps, "transfer": transfer}
+
+
+def _agora_arm(run: Run, teacher, arm: str, arm_dir: Path) -> dict:
+    """Agora, or its plain control: the same loop and compute without the new points."""
     from .agora import finetune_agora
     from .model import BortModel
 
     c = run.config
+    student = BortModel.from_pretrained(run.result("distill")["model"])
+    result = finetune_agora(student, teacher, run.task(), arm_dir, c.stage("finetune"),
+                            replace(c.stage("agora"), augment=arm == "agora"), log=run.log)
+    metrics = json.loads((arm_dir / "metrics.json").read_text())
+    return {"model": str(arm_dir / "model"), "test": metrics["test"], "dev": result.dev,
+            "rounds": result.rounds, "train_steps": metrics["train_steps"]}
+
+
+def _finetune(run: Run) -> dict:
+    from .model import BortModel
+
+    c = run.config
     teacher = BortModel.from_pretrained(run.result("teacher")["model"])
+    arms = [STUDENT_ARM]
+    if c.agora_arms:
+        arms += ["agora", "plain"] if c.plain_baseline else ["agora"]
     out = {}
-    for arm in ("agora", "plain") if c.plain_baseline else ("agora",):
-        student = BortModel.from_pretrained(run.result("distill")["model"])
+    for arm in arms:
         run.log(f"finetune: {arm}")
         arm_dir = run.dir / "finetune" / arm
-        result = finetune_agora(student, teacher, run.task(), arm_dir, c.stage("finetune"),
-                                replace(c.stage("agora"), augment=arm == "agora"), log=run.log)
-        metrics = json.loads((arm_dir / "metrics.json").read_text())
-        out[arm] = {"model": str(arm_dir / "model"), "test": metrics["test"], "dev": result.dev,
-                    "rounds": result.rounds, "train_steps": metrics["train_steps"]}
+        out[arm] = (_distilled_arm(run, teacher, arm_dir) if arm == STUDENT_ARM
+                    else _agora_arm(run, teacher, arm, arm_dir))
     return out
 
 
@@ -323,27 +373,42 @@ def _export(run: Run) -> dict:
     out = run.dir / "export"
     files = {}
     for name, directory in (("source", run.source_dir()),
-                            ("student", run.result("finetune")["agora"]["model"])):
+                            ("student", run.result("finetune")[STUDENT_ARM]["model"])):
         files[name] = str(export_onnx(BortModel.from_pretrained(directory).eval(),
                                       out / f"{name}.onnx"))
     return {"onnx": files}
 
 
-def _dtype_accuracy(run: Run, student_dir: Path) -> dict:
-    """The student's test accuracy (and time per sentence) in each of bort's dtypes."""
-    from .runtime import DTYPES, Classifier
+def _correct(run: Run, model_dir: Path, dtype: str) -> tuple[np.ndarray, float]:
+    """Which test items a classifier under bort's runtime gets right, and the seconds it took."""
+    from .runtime import Classifier
 
     task, threads = run.task(), run.config.bench.threads[0]
-    out = {}
+    clf = Classifier.from_pretrained(model_dir, dtype=dtype, num_threads=threads,
+                                     max_length=run.config.student.seq_len)
+    start = time.perf_counter()
+    pred = clf.predict(task.test.texts, task.test.pairs)
+    seconds = time.perf_counter() - start
+    return np.asarray([task.labels.index(p) for p in pred.labels]) == task.test.labels, seconds
+
+
+def _dtype_accuracy(run: Run, student_dir: Path) -> dict:
+    """The student's test accuracy (and time per sentence) in each of bort's dtypes, each
+    against fp32 and the fp32 student against the teacher as paired differences with their
+    bootstrap intervals over the test items."""
+    from .metrics import paired_bootstrap
+    from .runtime import DTYPES
+
+    n = len(run.task().test)
+    teacher, _ = _correct(run, Path(run.result("teacher")["model"]), "fp32")
+    out, fp32 = {}, None
     for dtype in DTYPES:
-        clf = Classifier.from_pretrained(student_dir, dtype=dtype, num_threads=threads,
-                                         max_length=run.config.finetune.seq_len)
-        start = time.perf_counter()
-        pred = clf.predict(task.test.texts, task.test.pairs)
-        seconds = time.perf_counter() - start
-        ids = np.asarray([task.labels.index(p) for p in pred.labels])
-        out[dtype] = {"accuracy": float(np.mean(ids == task.test.labels)),
-                      "test_seconds": seconds, "ms_per_sentence": 1000 * seconds / len(task.test)}
+        correct, seconds = _correct(run, student_dir, dtype)
+        fp32 = correct if fp32 is None else fp32
+        out[dtype] = {"accuracy": float(correct.mean()), "test_seconds": seconds,
+                      "ms_per_sentence": 1000 * seconds / n,
+                      "vs_fp32": paired_bootstrap(correct, fp32, seed=run.config.seed),
+                      "vs_teacher": paired_bootstrap(correct, teacher, seed=run.config.seed)}
     return out
 
 
@@ -351,7 +416,7 @@ def _bench(run: Run) -> dict:
     from .bench import markdown, plot, run_matrix
     from .io import write_text
 
-    student_dir = Path(run.result("finetune")["agora"]["model"])
+    student_dir = Path(run.result("finetune")[STUDENT_ARM]["model"])
     accuracy = _dtype_accuracy(run, student_dir)
     onnx = {k: Path(v) for k, v in run.result("export")["onnx"].items()}
     work = run.dir / "bench"

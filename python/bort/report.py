@@ -13,7 +13,8 @@ from typing import Any
 __all__ = ["curves_figure", "pipeline_report"]
 
 #: Which fine-tuning arms the report shows, and how it names them.
-ARMS = (("plain", "student, plain (same loop, no new points)"), ("agora", "student, Agora"))
+ARMS = (("distilled", "**student, task-distilled** (the one shipped)"),
+        ("plain", "student, plain (Agora's loop, no new points)"), ("agora", "student, Agora"))
 #: The parts of each latency key: (model, runtime, shape).
 Latency = dict[tuple[str, str, str], float]
 
@@ -68,12 +69,18 @@ def _search_section(search: Mapping[str, Any]) -> list[str]:
     kind = search.get("cost_kind", "flops")
     cost, source = search["cost"], search["source_cost"]
     what = {"flops": f"{cost / 1e9:.3f} GFLOP", "latency": f"{cost:.3g} ms"}.get(kind, f"{cost:g}")
+    rule = {"w": "the largest W-coefficient", "accurate": "the lowest surrogate error",
+            "fastest": "the cheapest near the lowest surrogate error"}.get(search.get("rule"), "W")
+    speedup = search.get("measured_speedup")
+    measured = (f" Timed end to end with bort's encoder it is **{speedup:.1f}×** faster than the "
+                "source." if speedup else "")
     return ["## The chosen architecture", "",
             f"The search ({kind} at 1 × 128 tokens as the cost, {search['candidates']} candidates "
-            f"in the frontier table, {search['evaluated']} evaluated) chose "
-            f"`{search['describe']}`: {search['params']:,} parameters "
-            f"({search['params'] / search['source_params']:.0%} of the source's "
-            f"{search['source_params']:,}) and {what} ({cost / source:.1%} of the source's). "
+            f"in the frontier table, {search['evaluated']} evaluated, chosen by {rule} among those "
+            f"meeting the constraints) chose `{search['describe']}`: {search['params']:,} "
+            f"parameters ({search['params'] / search['source_params']:.0%} of the source's "
+            f"{search['source_params']:,}) and {what} ({cost / source:.1%} of the source's)."
+            f"{measured} The paper's rule (largest W) would take `{search.get('by_w', '—')}`. "
             "Front: `search/front.png`.", ""]
 
 
@@ -87,8 +94,15 @@ def _accuracy_section(stages: Mapping[str, Any], metric: str) -> list[str]:
     return ["## Accuracy on the test split", "",
             *_table(["model", "parameters", f"test {metric}", f"dev {metric}", "training steps"],
                     rows),
-            "", "Dev scores are not held out under Agora (it learns from dev mistakes); the test "
-            "split is never used for training or selection.", ""]
+            "", *(["Dev scores are not held out under Agora (it learns from dev mistakes)."]
+                  * ("agora" in ft)),
+            "The test split is never used for training or selection.", ""]
+
+
+def _ci(r: Mapping[str, float] | None) -> str:
+    if not r:
+        return "—"
+    return f"{100 * r['difference']:+.1f} [{100 * r['low']:+.1f}, {100 * r['high']:+.1f}]"
 
 
 def _runtime_section(bench: Mapping[str, Any], latency: Latency, shapes: list[str]) -> list[str]:
@@ -96,12 +110,15 @@ def _runtime_section(bench: Mapping[str, Any], latency: Latency, shapes: list[st
     rows = []
     for dtype, acc in bench["accuracy"].items():
         runtime = f"bort-{dtype}"
-        rows.append([dtype, f"{acc['accuracy']:.4f}",
+        rows.append([dtype, f"{acc['accuracy']:.4f}", _ci(acc.get("vs_fp32")),
+                     _ci(acc.get("vs_teacher")),
                      *[_ms(latency, ("student", runtime, s)) for s in shapes],
                      _ratio(latency, ("source", runtime, last), ("student", runtime, last))])
-    header = ["dtype", "test accuracy", *[f"ms at {s}" for s in shapes],
-              f"speed-up over the source (same dtype, {last})"]
-    return ["## The student under bort's runtime", "", *_table(header, rows), ""]
+    header = ["dtype", "test accuracy", "vs fp32, points [95% CI]", "vs teacher, points [95% CI]",
+              *[f"ms at {s}" for s in shapes], f"speed-up over the source (same dtype, {last})"]
+    return ["## The student under bort's runtime", "", *_table(header, rows), "",
+            "Differences are paired over the test items (bootstrap, 10,000 resamples); the "
+            "teacher runs in bort fp32.", ""]
 
 
 def _latency_section(bench: Mapping[str, Any], latency: Latency, shapes: list[str],

@@ -141,7 +141,8 @@ def _layerwise(space: LayerwiseSpace, epsilon: float, kind: str, importance: Imp
 @dataclass(frozen=True)
 class Evaluated:
     """A representative after its short distillation run: ``error`` is the surrogate (held-out
-    distillation loss), ``w`` its W-coefficient."""
+    distillation loss), ``w`` its W-coefficient, ``steps`` the length of the run that gave the
+    error (successive halving trains the better candidates longer)."""
 
     arch: Arch
     params: int
@@ -149,12 +150,16 @@ class Evaluated:
     error_proxy: float
     error: float
     w: float
+    steps: int = 0
 
 
 @dataclass
 class SearchResult:
-    """The evaluated representatives by increasing (params, cost), the optimum (largest W that
-    meets the constraints), the maximum point T and the candidates the table returned."""
+    """The evaluated representatives by increasing (params, cost), the optimum (picked by the
+    config's ``choose`` rule among those that meet the constraints), the maximum point T and the
+    candidates the table returned. ``by_w`` is the paper's pick (largest W), reported beside the
+    optimum; ``measured_speedup`` the optimum's speed-up over the source timed end to end with
+    bort's encoder (cost "latency" only)."""
 
     evaluated: list[Evaluated]
     optimum: Evaluated | None
@@ -163,6 +168,9 @@ class SearchResult:
     predicted_seconds: float = 0.0  # the evaluation phase, as predicted before it started
     evaluation_seconds: float = 0.0  # ... and as it took
     seconds: float = 0.0  # the whole call
+    by_w: Evaluated | None = None
+    rule: str = "w"
+    measured_speedup: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         def row(x):
@@ -171,6 +179,8 @@ class SearchResult:
 
         return {"maximum": row(self.maximum),
                 "optimum": row(self.optimum) if self.optimum else None,
+                "by_w": row(self.by_w) if self.by_w else None, "rule": self.rule,
+                "measured_speedup": self.measured_speedup,
                 "evaluated": [row(x) for x in self.evaluated],
                 "candidates": [row(x) for x in self.candidates],
                 "predicted_seconds": self.predicted_seconds,
@@ -186,6 +196,53 @@ def w_coefficient(params: float, cost: float, error: float, max_params: float,
     return (max_params - params) / max_params * (max_cost - cost) / max_cost / error
 
 
+def choose(evaluated: Sequence[Evaluated], rule: str = "w",
+           within: float = 0.0) -> list[Evaluated]:
+    """The evaluated candidates, best first under ``rule``: "w" (largest W-coefficient),
+    "accurate" (lowest surrogate error; ties: the cheaper), or "fastest" (the cheapest of those
+    whose error is at most (1 + ``within``) × the lowest; then the rest by error).
+
+    Example:
+        >>> a, b = (Evaluated(None, p, c, 0.0, e, w) for p, c, e, w in ((1, 1.0, 0.30, 1.0),
+        ...                                                             (2, 2.0, 0.29, 0.5)))
+        >>> [x.params for x in choose([a, b], "w")], [x.params for x in choose([a, b], "accurate")]
+        ([1, 2], [2, 1])
+        >>> [x.params for x in choose([a, b], "fastest", within=0.05)]
+        [1, 2]
+    """
+    if rule == "w":
+        return sorted(evaluated, key=lambda x: -x.w)
+    # errors are comparable within a rung: the longest-trained candidates (successive halving's
+    # survivors) come first, each rung ordered by error
+    by_error = sorted(evaluated, key=lambda x: (-x.steps, x.error, x.cost))
+    if rule == "accurate":
+        return by_error
+    if rule == "fastest":
+        top = by_error[0] if by_error else None
+        close = sorted((x for x in by_error if x.steps == top.steps
+                        and x.error <= top.error * (1 + within)), key=lambda x: x.cost)
+        return close + [x for x in by_error if x not in close]
+    raise ConfigError(f"unknown rule {rule!r} (choose from: w, accurate, fastest)")
+
+
+def measured_speedup(source: Arch, arch: Arch, table: Any) -> float:
+    """Latency of ``source`` over that of ``arch``, both timed end to end in one interleaved run
+    with bort's encoder on random weights, at the latency table's shape, threads and dtype."""
+    from .model import BortModel
+    from .runtime import Encoder
+    from .timing import interleaved_ms
+
+    dtype = table.backend.split("-")[1] if table.backend.startswith("bort-") else "fp32"
+    ids = np.random.default_rng(0).integers(0, source.vocab_size, (table.batch, table.seq_len))
+    runners = {}
+    for name, a in (("source", source), ("candidate", arch)):
+        weights = {k: v.numpy() for k, v in BortModel(a).state_dict().items()}
+        encoder = Encoder(a, weights, num_threads=table.threads, dtype=dtype)
+        runners[name] = lambda e=encoder: e(ids)
+    ms = interleaved_ms(runners, rounds=MEASURE_ROUNDS)
+    return ms["source"] / ms["candidate"]
+
+
 def representatives(candidates: Sequence[Candidate], count: int) -> list[Candidate]:
     """Order the candidates by (params, cost), cut them into ``count`` intervals of equal size and
     take the middle one of each (the paper's intervals of the ordered space)."""
@@ -198,10 +255,12 @@ def representatives(candidates: Sequence[Candidate], count: int) -> list[Candida
     return [ordered[(lo + hi - 1) // 2] for lo, hi in zip(bounds, bounds[1:])]
 
 
-def _key(arch: Arch) -> str:
-    return json.dumps(arch.to_config(), sort_keys=True)
+def _key(arch: Arch, steps: int) -> str:
+    return f"{steps}:" + json.dumps(arch.to_config(), sort_keys=True)
 
 
+#: Interleaved rounds that time a chosen candidate against the source end to end.
+MEASURE_ROUNDS = 30
 #: Step counts of the two probe runs that split a surrogate run's time into a fixed part and a
 #: time per step.
 PROBE_STEPS = (1, 4)
@@ -217,6 +276,7 @@ class _Surrogate:
     corpus: Any
     importance: Importance
     seed: int
+    name: str = "distill"
 
     def __call__(self, arch: Arch, steps: int) -> float:
         from .distill import surrogate_error
@@ -224,10 +284,75 @@ class _Surrogate:
         return surrogate_error(arch, self.source, self.corpus, steps, self.seed,
                                importance=self.importance)
 
-    def seconds(self, arch: Arch, steps: int) -> float:
-        start = time.perf_counter()
-        self(arch, steps)
-        return time.perf_counter() - start
+
+def _seconds(surrogate: Callable[[Arch, int], float], arch: Arch, steps: int) -> float:
+    """Wall time of one surrogate run."""
+    start = time.perf_counter()
+    surrogate(arch, steps)
+    return time.perf_counter() - start
+
+
+#: The task-aware surrogate: training examples it distils on, sequences per step, tokens per
+#: sequence, the temperature of the soft labels, and Θ (it keeps the best learning rate).
+TASK_SAMPLE, TASK_BATCH, TASK_SEQ_LEN, TASK_TEMPERATURE = 2048, 32, 64, 2.0
+TASK_LRS = (1e-3, 3e-4)
+
+
+class _TaskSurrogate:
+    """The task-aware error of a candidate: extracted from the fine-tuned teacher (pooler and
+    head included), distilled for ``steps`` steps on the teacher's soft labels over a sample of
+    the training split (cached teacher outputs, no gold labels), then its dev KL(teacher ‖
+    student), the best over `TASK_LRS`. Every candidate pays the same loss."""
+
+    def __init__(self, teacher: Any, task: Any, importance: Importance, seed: int):
+        from .finetune import encode_split, teacher_outputs
+        from .tokenize import load_tokenizer
+
+        tokenizer = load_tokenizer(teacher.source_dir, TASK_SEQ_LEN)
+        train = encode_split(tokenizer, task.train, TASK_SEQ_LEN)
+        keep = np.random.default_rng(seed).permutation(len(train))[:TASK_SAMPLE]
+        self.train = train.take(np.sort(keep))
+        self.dev = encode_split(tokenizer, task.dev, TASK_SEQ_LEN)
+        self.train_out = teacher_outputs(teacher, self.train)
+        self.dev_soft = _softmax(teacher_outputs(teacher, self.dev).logits)
+        self.teacher, self.importance, self.seed, self.name = teacher, importance, seed, "task"
+
+    def __call__(self, arch: Arch, steps: int) -> float:
+        return min(self._kl_after(arch, steps, lr) for lr in TASK_LRS)
+
+    def _kl_after(self, arch: Arch, steps: int, lr: float) -> float:
+        from dataclasses import replace
+
+        from .config import FinetuneConfig
+        from .extract import extract
+        from .finetune import predict, train
+
+        head = replace(arch, num_labels=self.teacher.arch.num_labels, pooler=True)
+        student = extract(self.teacher, head, importance=self.importance)
+        # the same frozen word embeddings for every candidate: a short run cannot move them
+        # much, and their gradient and Adam update dominate a small candidate's step
+        student.embeddings.word_embeddings.requires_grad_(False)
+        per_epoch = -(-len(self.train) // TASK_BATCH)
+        config = FinetuneConfig(lr=lr, epochs=steps / per_epoch, batch_size=TASK_BATCH,
+                                seq_len=TASK_SEQ_LEN, alpha=0.0, temperature=TASK_TEMPERATURE,
+                                seed=self.seed)
+        model = train(student, self.train, self.dev, config, teacher=self.train_out,
+                      distributed=False).model
+        student_soft = _softmax(predict(model, self.dev))
+        kl = self.dev_soft * (np.log(np.clip(self.dev_soft, _FLOOR, 1))
+                              - np.log(np.clip(student_soft, _FLOOR, 1)))
+        return float(kl.sum(axis=1).mean())
+
+
+#: Either surrogate: called with (arch, steps), it returns the candidate's error.
+Surrogate = _Surrogate | _TaskSurrogate
+#: The smallest probability the dev KL takes a logarithm of.
+_FLOOR = 1e-12
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
 
 
 def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, corpus: Any, *,
@@ -235,6 +360,7 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
                             out: str | Path | None = None,
                             log: Callable[[str], None] | None = print,
                             cost_options: dict[str, Any] | None = None,
+                            teacher: Any = None, task: Any = None,
                             **overrides: Any) -> SearchResult:
     """The Bort search: the frontier table's candidates (or the whole uniform grid) → ordered by
     (p, i) → one representative per interval → surrogate error by a short distillation against
@@ -245,7 +371,10 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
     ``cost_options`` go to ``COSTS[config.cost].prepare`` (which measures the latency table
     when the cost is "latency" and no ``table`` is given) and on to every cost.
     ``config.space`` is not read: ``space`` is the space itself (`bort.space.SPACES` builds one
-    by name). Under torchrun the representatives are shared out across ranks. With ``out``,
+    by name). With ``teacher`` (the source fine-tuned on ``task``) and ``task``, the surrogate
+    is task-aware: the dev KL to the teacher's soft labels after a short logit distillation
+    (`_TaskSurrogate`); without them, the held-out loss of a short general distillation.
+    Under torchrun the representatives are shared out across ranks. With ``out``,
     results are appended to ``out/evaluated.jsonl`` as they finish (a rerun skips them) and
     the result is written to ``out/front.json``.
     """
@@ -257,22 +386,28 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
     arch_t = source.arch
     maximum = Candidate(arch_t, arch_t.params().total, cost(arch_t, config.cost, **options), 0.0)
     candidates = frontier(space, config.epsilon, config.cost, importance, **options)
-    chosen = representatives(_allowed(candidates, maximum, config), config.representatives)
-    done = _finished(out)
-    todo = [c for c in chosen if _key(c.arch) not in done]
-    surrogate = _Surrogate(source, corpus, importance, config.seed)
-    predicted = _predict_seconds(todo, surrogate, config.steps) / world_size
+    chosen = _representatives(_allowed(candidates, maximum, config), config)
+    surrogate = (_TaskSurrogate(teacher, task, importance, config.seed)
+                 if teacher is not None and task is not None
+                 else _Surrogate(source, corpus, importance, config.seed))
+    done = _finished(out, surrogate.name)
+    todo = [c for c in chosen if _key(c.arch, config.steps) not in done]
+    rungs = min(config.rungs, max(1, math.ceil(math.log2(len(chosen)))))
+    predicted = rungs * _predict_seconds(todo, surrogate, config.steps) / world_size
     if log and todo:
-        log(f"{len(todo)} representatives × {config.steps} steps on {world_size} process(es): "
-            f"expected {predicted / 60:.1f} min")
+        log(f"{len(todo)} representatives × {config.steps} steps, {rungs} rung(s), on "
+            f"{world_size} process(es): expected {predicted / 60:.1f} min")
     evaluation_start = time.perf_counter()
-    _evaluate(todo, surrogate, config.steps, done, _journal(out, rank, world_size), log)
-    evaluated = [Evaluated(c.arch, c.params, c.cost, c.error_proxy, done[_key(c.arch)],
-                           w_coefficient(c.params, c.cost, done[_key(c.arch)], maximum.params,
-                                         maximum.cost)) for c in chosen]
-    optimum = max(evaluated, key=lambda x: x.w) if evaluated else None
+    errors = _halving(chosen, surrogate, config.steps, rungs, done,
+                      _journal(out, rank, world_size), log)
+    evaluated = [Evaluated(c.arch, c.params, c.cost, c.error_proxy, errors[id(c)][0],
+                           w_coefficient(c.params, c.cost, errors[id(c)][0], maximum.params,
+                                         maximum.cost), errors[id(c)][1]) for c in chosen]
+    optimum, speedup = _pick(evaluated, config, arch_t, options)
     result = SearchResult(evaluated, optimum, maximum, candidates, predicted,
-                          time.perf_counter() - evaluation_start, time.perf_counter() - start)
+                          time.perf_counter() - evaluation_start, time.perf_counter() - start,
+                          by_w=max(evaluated, key=lambda x: x.w), rule=config.choose,
+                          measured_speedup=speedup)
     if out and rank == 0:
         write_json(Path(out) / "front.json", result.to_json(), indent=2)
     return result
@@ -286,15 +421,44 @@ def _allowed(candidates: Sequence[Candidate], maximum: Candidate,
                 and (config.max_latency_ms is None or c.cost <= config.max_latency_ms)
                 and (config.min_speedup is None or c.cost * config.min_speedup <= maximum.cost))
 
-    pool = [c for c in candidates if ok(c) and c.arch.depth > 0]
+    # a candidate must mix its tokens: without one attention head every position, the first
+    # token whose vector the pooler reads included, sees only itself
+    pool = [c for c in candidates if ok(c) and any(x.heads for x in c.arch.layers)]
     if not pool:
         raise ConfigError("no candidate meets the constraints (max_params, max_latency_ms, "
                           "min_speedup)")
     return pool
 
 
-def _finished(out: str | Path | None) -> dict[str, float]:
-    """The surrogate errors an earlier run wrote to ``out`` (every rank's journal), by key."""
+def _representatives(pool: list[Candidate], config: SearchConfig) -> list[Candidate]:
+    """One candidate per interval of the pool; for the rules that want the most accurate, also
+    the pool's edge: the candidate with the least error proxy the constraints allow."""
+    chosen = representatives(pool, config.representatives)
+    edge = min(pool, key=lambda c: c.error_proxy)
+    if config.choose != "w" and edge not in chosen:
+        chosen.append(edge)
+    return chosen
+
+
+def _pick(evaluated: list[Evaluated], config: SearchConfig, source: Arch,
+          options: dict[str, Any]) -> tuple[Evaluated, float | None]:
+    """The optimum under ``config.choose``; with a latency cost and ``min_speedup``, the best
+    whose speed-up *measured* end to end reaches it (the table's sum is a prediction)."""
+    ranked = choose(evaluated, config.choose, config.within)
+    if config.cost != "latency" or config.min_speedup is None:
+        return ranked[0], None
+    measured = []
+    for x in ranked:
+        measured.append(measured_speedup(source, x.arch, options["table"]))
+        if measured[-1] >= config.min_speedup:
+            return x, measured[-1]
+    raise ConfigError(f"no evaluated candidate is {config.min_speedup}× faster than the source "
+                      f"when timed end to end (best {max(measured):.2f}×); lower min_speedup")
+
+
+def _finished(out: str | Path | None, surrogate: str) -> dict[str, float]:
+    """The errors of the ``surrogate`` kind an earlier run wrote to ``out`` (every rank's
+    journal), by key."""
     done: dict[str, float] = {}
     if out is None:
         return done
@@ -302,7 +466,8 @@ def _finished(out: str | Path | None) -> dict[str, float]:
         for line in path.read_text().splitlines():
             if line.strip():
                 row = json.loads(line)
-                done[row["key"]] = row["error"]
+                if row.get("surrogate", "distill") == surrogate:
+                    done[row["key"]] = row["error"]
     return done
 
 
@@ -316,7 +481,7 @@ def _journal(out: str | Path | None, rank: int, world_size: int) -> Path | None:
     return Path(out) / name
 
 
-def _predict_seconds(todo: Sequence[Candidate], surrogate: _Surrogate, steps: int) -> float:
+def _predict_seconds(todo: Sequence[Candidate], surrogate: Surrogate, steps: int) -> float:
     """Seconds that ``steps``-step surrogate runs of ``todo`` will take in one process.
 
     A run is a fixed part (extraction, evaluation, saving) plus steps × a step time (the
@@ -339,15 +504,31 @@ def _predict_seconds(todo: Sequence[Candidate], surrogate: _Surrogate, steps: in
     return sum(seconds(c) for c in todo)
 
 
-def _probe(candidate: Candidate, surrogate: _Surrogate) -> tuple[float, float, float]:
+def _probe(candidate: Candidate, surrogate: Surrogate) -> tuple[float, float, float]:
     """(cost, fixed seconds, seconds per step) of ``candidate``'s surrogate run."""
     few, more = PROBE_STEPS
-    short, long = (surrogate.seconds(candidate.arch, n) for n in PROBE_STEPS)
+    short, long = (_seconds(surrogate, candidate.arch, n) for n in PROBE_STEPS)
     step = max((long - short) / (more - few), MIN_STEP_SECONDS)
     return candidate.cost, max(short - few * step, 0.0), step
 
 
-def _evaluate(todo: Sequence[Candidate], surrogate: _Surrogate, steps: int,
+def _halving(chosen: Sequence[Candidate], surrogate: Surrogate, steps: int, rungs: int,
+             done: dict[str, float], journal: Path | None,
+             log: Callable[[str], None] | None) -> dict[int, tuple[float, int]]:
+    """Successive halving: every candidate's error at ``steps``; then each of the next
+    ``rungs - 1`` rungs keeps the better half and trains it twice as long. A candidate's
+    (error, steps) are those of the last rung it reached (by ``id``)."""
+    pool, errors = list(chosen), {}
+    for _ in range(rungs):
+        _evaluate([c for c in pool if _key(c.arch, steps) not in done], surrogate, steps, done,
+                  journal, log)
+        errors.update({id(c): (done[_key(c.arch, steps)], steps) for c in pool})
+        pool = sorted(pool, key=lambda c: done[_key(c.arch, steps)])[:max(1, len(pool) // 2)]
+        steps *= 2
+    return errors
+
+
+def _evaluate(todo: Sequence[Candidate], surrogate: Surrogate, steps: int,
               done: dict[str, float], journal: Path | None,
               log: Callable[[str], None] | None) -> None:
     """Surrogate errors of this rank's share of ``todo``, into ``done`` (then everyone's, under
@@ -356,12 +537,14 @@ def _evaluate(todo: Sequence[Candidate], surrogate: _Surrogate, steps: int,
     mine = list(todo[rank::world_size])
     for n, c in enumerate(mine):
         error = surrogate(c.arch, steps)
-        done[_key(c.arch)] = error
+        done[_key(c.arch, steps)] = error
         if journal:
             with open(journal, "a") as f:
-                f.write(json.dumps({"key": _key(c.arch), "error": error}) + "\n")
+                f.write(json.dumps({"key": _key(c.arch, steps), "error": error,
+                                    "surrogate": surrogate.name}) + "\n")
         if log:
-            log(f"[{n + 1}/{len(mine)}] {c.arch.describe()}: surrogate error {error:.4f}")
+            log(f"[{n + 1}/{len(mine)}, {steps} steps] {c.arch.describe()}: surrogate error "
+                f"{error:.4f}")
     if world_size > 1:  # everyone learns everyone's errors
         import torch
 
@@ -388,7 +571,7 @@ def plot_front(result: SearchResult, path: str | Path, unit: str, *,
     fig.colorbar(points, ax=ax, label="surrogate error")
     if result.optimum:
         ax.scatter([result.optimum.params / 1e6], [result.optimum.cost], marker="*", s=250,
-                   color="red", label="optimum (max W)")
+                   color="red", label=f"optimum (rule: {result.rule})")
     ax.scatter([result.maximum.params / 1e6], [result.maximum.cost], marker="s", color="black",
                label="source")
     if max_params:
