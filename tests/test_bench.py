@@ -60,3 +60,18 @@ def test_unknown_runtimes_are_named(registered) -> None:
     with pytest.raises(ConfigError, match="unknown value 'nope'"):
         BenchConfig(runtimes=["numpy-test", "nope"])
     assert "numpy-test" in BenchConfig().runtimes  # the default: every registered runtime
+
+
+def test_each_round_calls_every_runner_back_to_back_and_times_the_last() -> None:
+    """Interleaved rounds: warm-up calls, then per round `back_to_back` calls of each runner in a
+    row (so the timed one finds its own data in cache, not the previous runner's)."""
+    from bort.timing import BACK_TO_BACK, interleaved_ms
+
+    calls: list[str] = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in ("a", "b")}
+    ms = interleaved_ms(runners, rounds=3, warmup=1)
+    assert set(ms) == {"a", "b"} and BACK_TO_BACK == 2
+    assert calls == ["a", "b"] + ["a", "a", "b", "b"] * 3
+    calls.clear()
+    interleaved_ms(runners, rounds=3, warmup=0, back_to_back=1)
+    assert calls == ["a", "b"] * 3

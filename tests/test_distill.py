@@ -131,6 +131,20 @@ def test_default_corpus_is_built_from_the_installed_packages(tmp_path) -> None:
     assert default_corpus(tmp_path) == files  # built once, then reused
 
 
+def test_held_out_lines_are_drawn_from_every_file_and_never_trained_on(tmp_path) -> None:
+    files = []
+    for name in ("a", "b", "c"):
+        files.append(tmp_path / f"{name}.txt")
+        files[-1].write_text("".join(f"{name} line {i}\n" for i in range(100)))
+    corpus = Corpus(files, held_out=0.1)
+    train = corpus.head(corpus.n_train)
+    assert len(corpus.eval) == 30 and corpus.n_train == 270
+    assert {t.split()[0] for t in corpus.eval} == {"a", "b", "c"}  # not the last file's tail
+    assert not set(train) & set(corpus.eval) and len(set(train) | set(corpus.eval)) == 300
+    assert train == sorted(train, key=lambda t: (t[0], int(t.split()[-1])))  # file order kept
+    assert Corpus(files, held_out=0.1).eval == corpus.eval  # the same draw every time
+
+
 def test_surrogate_error_is_deterministic_and_ranks_sizes(teacher, corpus) -> None:
     from bort.distill import surrogate_error
 

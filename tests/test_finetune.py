@@ -4,6 +4,7 @@ CLI, on real Rotten Tomatoes sentences with all-MiniLM-L6-v2."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -217,6 +218,24 @@ def test_training_rows_must_fit_the_teacher(minilm_dir, rt_dir):
         finetune(model, task, "unused", teacher=small(minilm_dir), log=None)
     with pytest.raises(ConfigError, match="need a teacher to label"):
         finetune(model, task, "unused", transfer=["a text"], log=None)
+
+
+def test_frozen_word_embeddings_stay_put_and_everything_else_learns(minilm_dir, rt_dir):
+    task = load_task(rt_dir)
+    torch.manual_seed(0)
+    model = with_head(small(minilm_dir), task)
+    data = encode_split(load_tokenizer(minilm_dir), task.train.subset(range(64)), 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    config = FinetuneConfig(lr=1e-3, epochs=1, batch_size=16, freeze_word_embeddings=True)
+    train(model, data, data.take(range(16)), config)
+    after = model.state_dict()
+    frozen = "embeddings.word_embeddings.weight"
+    assert torch.equal(after[frozen], before[frozen])
+    moved = [k for k in before if not torch.equal(after[k], before[k])]
+    assert "classifier.weight" in moved and any(k.startswith("encoder.") for k in moved)
+    assert model.embeddings.word_embeddings.weight.requires_grad  # trainable again after
+    train(model, data, data.take(range(16)), replace(config, freeze_word_embeddings=False))
+    assert not torch.equal(model.state_dict()[frozen], before[frozen])
 
 
 def test_regression_head(minilm_dir, tmp_path):

@@ -87,3 +87,22 @@ def test_a_stage_that_needs_a_skipped_one_says_so(tmp_path):
     config = PipelineConfig.quick(out=str(tmp_path))
     with pytest.raises(ConfigError, match="stage 'extract' needs search"):
         run_pipeline(config, skip=["teacher", "search"], log=lambda m: None)
+
+
+@pytest.mark.slow
+def test_quick_embedding_pipeline(tmp_path):
+    """`--task embedding`: the source is the teacher, the student learns its vectors, and the
+    report scores each bort dtype by cosine and recall@10 on held-out corpus passages."""
+    config = PipelineConfig.quick(out=str(tmp_path), name="emb", task="embedding")
+    report = run_pipeline(config, log=lambda m: None).read_text()
+    record = json.loads((tmp_path / "emb" / "pipeline.json").read_text())["stages"]
+    assert record["teacher"]["embedding"] and set(record["finetune"]) == {"distilled", "seconds"}
+    student = record["finetune"]["distilled"]
+    assert student["passages"] == {"train": 480, "dev": 160, "test": 160}
+    assert 0.5 < student["test"]["cosine"] <= 1 and 0 < student["test"]["recall@10"] <= 1
+    accuracy = record["bench"]["accuracy"]
+    assert set(accuracy) == {"fp32", "bf16", "int8"}
+    # bort fp32 serves what torch scored (the same passages, teacher and pooling)
+    assert accuracy["fp32"]["cosine"] == pytest.approx(student["test"]["cosine"], abs=2e-3)
+    for part in ("mean cosine", "recall@10", "| int8 |", "held out of every distillation"):
+        assert part in report

@@ -62,9 +62,22 @@ def test_search_finds_the_best_w_and_resumes(setup, tmp_path, monkeypatch) -> No
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished candidate was evaluated again")
 
+    import bort.distill
+
+    real = bort.distill.surrogate_error
     monkeypatch.setattr("bort.distill.surrogate_error", must_not_run)
     again = optimal_subarchitecture(source, space, corpus, importance=imp, out=tmp_path, **SMALL)
     assert [e.error for e in again.evaluated] == [e.error for e in result.evaluated]
+
+    journal = tmp_path / "evaluated.jsonl"  # a crash in the middle of the last line
+    lines = journal.read_text().splitlines()
+    journal.write_text("\n".join(lines[:-1] + [lines[-1][:len(lines[-1]) // 2]]))
+    calls = []
+    monkeypatch.setattr("bort.distill.surrogate_error",
+                        lambda arch, *a, **k: calls.append(arch.describe()) or real(arch, *a, **k))
+    torn = optimal_subarchitecture(source, space, corpus, importance=imp, out=tmp_path, **SMALL)
+    assert len(set(calls)) == 1  # only the candidate whose line was cut is evaluated again
+    assert [e.error for e in torn.evaluated] == [e.error for e in result.evaluated]
 
 
 def test_constraints(setup) -> None:
@@ -77,6 +90,31 @@ def test_constraints(setup) -> None:
         optimal_subarchitecture(source, space, corpus, importance=imp, max_params=10, **SMALL)
     with pytest.raises(ValueError, match="needs cost 'latency'"):
         optimal_subarchitecture(source, space, corpus, importance=imp, max_latency_ms=5, **SMALL)
+
+
+def test_the_speedup_bound_is_calibrated_end_to_end(monkeypatch) -> None:
+    """The pool keeps the candidates whose predicted speed-up, times measured / predicted at the
+    candidate nearest the bound (less the margin), reaches min_speedup."""
+    from bort.config import SearchConfig
+    from bort.search import SPEEDUP_MARGIN, _allowed, _calibration
+
+    source, arch = Arch.uniform(2, 2, 32, 64), Arch.uniform(1, 1, 32, 32)
+    maximum = Candidate(source, 1000, 10.0, 0.0)
+    cands = [Candidate(arch, 100 + i, cost, 0.0) for i, cost in enumerate((0.8, 0.95, 1.0, 1.2))]
+    config = SearchConfig(cost="latency", min_speedup=10.0)
+    timed = []
+
+    def fake(src, a, table):
+        timed.append(a)
+        return 9.0  # the table predicted 10.0 for the nearest candidate
+    monkeypatch.setattr("bort.search.measured_speedup", fake)
+    kappa = _calibration(cands, maximum, config, {"table": None}, None)
+    assert kappa == pytest.approx(0.9) and len(timed) == 1
+    assert [c.cost for c in _allowed(cands, maximum, config)] == [0.8, 0.95, 1.0]
+    factor = kappa / SPEEDUP_MARGIN  # 0.874: 10 / 0.8 -> 10.9 (in), 10 / 0.95 -> 9.2 (out)
+    assert [c.cost for c in _allowed(cands, maximum, config, factor)] == [0.8]
+    assert _calibration(cands, maximum, SearchConfig(cost="latency"), {}, None) is None
+    assert _calibration(cands, maximum, SearchConfig(min_speedup=10.0), {}, None) is None
 
 
 def test_latency_search_measures_its_table(setup, tmp_path, monkeypatch) -> None:

@@ -293,6 +293,10 @@ class FinetuneConfig(TrainingConfig):
                             minimum=1)
     evals_per_epoch: int = setting(1, "dev evaluations per epoch", minimum=1)
     seed: int = setting(0, "seed of data order and the new head")
+    freeze_word_embeddings: bool = setting(
+        False, "keep the word embeddings as they are: a small student's steps cost a fraction "
+        "(Adam's update of a 30k-row table dominates them), and words the task never shows "
+        "keep their place next to those it does")
     alpha: float = setting(0.5, "task distillation (with a teacher): weight of the gold labels' "
                            "cross-entropy; 1 - alpha weighs T²·KL(teacher ‖ student)",
                            minimum=0, maximum=1)

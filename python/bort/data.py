@@ -39,11 +39,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import BortError, DataError
+from .errors import BortError, ConfigError, DataError
 from .io import write_json, write_text
 from .registry import Registry
 
-__all__ = ["CORPUS_PACKAGES", "DEFAULT_FRACTIONS", "TASKS", "Dataset", "Split", "Task",
+__all__ = ["CORPUS_PACKAGES", "DEFAULT_FRACTIONS", "EMBEDDING_TASK", "TASKS", "Dataset", "Split",
+           "Task",
            "default_corpus", "default_transfer", "load_task", "stratified_split",
            "transfer_texts"]
 
@@ -240,6 +241,9 @@ class Dataset:
 
 #: The registry datasets by name.
 TASKS: Registry[Dataset] = Registry("dataset")
+#: Not a dataset: the task of an embedding student, which learns the source's pooled, normalised
+#: vectors over the corpus (`bort.embedding`; ``bort pipeline --task embedding``).
+EMBEDDING_TASK = "embedding"
 
 
 def _movie_reviews(source: str) -> Columns:
@@ -547,6 +551,9 @@ def load_task(spec: str | Path, *, seed: int = 0,
         dataset = TASKS[name]
         return _make_task(name, {"train": dataset.load()}, False, metric or dataset.metric,
                           {"source": name}, seed, fractions)
+    if name == EMBEDDING_TASK:
+        raise ConfigError(f"{EMBEDDING_TASK!r} is not a labelled dataset: an embedding student "
+                          "is made by `bort pipeline --task embedding` (bort.embedding)")
     path = Path(spec)
     if not path.exists():
         raise FileNotFoundError(f"task {name!r}: no such file or directory, and not one of the "

@@ -60,14 +60,17 @@ EVAL_BATCH = 16
 #: A step's masks come from a generator seeded ``seed * _STEP_SEEDS + step`` (a prime, so runs
 #: of different seeds do not share masks), the held-out set's from ``seed + 1``.
 _STEP_SEEDS = 1_000_003
+#: Seed of the corpus' held-out draw (the same lines in every run).
+_HELD_OUT_SEED = 0
 #: Probabilities are clamped to this before their log (a softmax may underflow to 0).
 _PROB_FLOOR = 1e-12
 
 
 class Corpus:
     """Plain-text files, one document per line, read lazily: one pass indexes where each
-    non-empty line starts, and a step reads only its own lines. The last ``held_out`` share of
-    the lines (at least one) is kept aside for evaluation.
+    non-empty line starts, and a step reads only its own lines. A ``held_out`` share of the
+    lines (at least one), drawn at random over every file (always the same draw), is kept aside
+    for evaluation.
 
     Example:
         >>> corpus = Corpus(["wiki.txt", "books.txt"])            # doctest: +SKIP
@@ -90,13 +93,17 @@ class Corpus:
                     offset += len(line)
             where.append(np.stack([np.full(len(starts), n), np.array(starts, dtype=np.int64)], 1)
                          if starts else np.zeros((0, 2), dtype=np.int64))
-        self._lines = np.concatenate(where)  # (lines, 2): file index, byte offset
+        lines = np.concatenate(where)  # (lines, 2): file index, byte offset
         self._handles: dict = {}
-        if len(self._lines) < 2:
+        if len(lines) < 2:
             raise ConfigError(f"the corpus ({', '.join(map(str, files))}) has "
-                              f"{len(self._lines)} non-empty lines; distillation needs text")
-        n_eval = max(1, int(len(self._lines) * held_out))
-        self.n_train = len(self._lines) - n_eval
+                              f"{len(lines)} non-empty lines; distillation needs text")
+        n_eval = max(1, int(len(lines) * held_out))
+        # a fixed draw over every file (not the last file's tail); training lines keep their order
+        held = np.zeros(len(lines), bool)
+        held[np.random.default_rng(_HELD_OUT_SEED).permutation(len(lines))[:n_eval]] = True
+        self._lines = np.concatenate([lines[~held], lines[held]])
+        self.n_train = len(lines) - n_eval
         self.eval = [self._read(i) for i in range(self.n_train, len(self._lines))]
         self._perm: tuple[tuple[int, int], np.ndarray] | None = None
 

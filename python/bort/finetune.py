@@ -30,9 +30,11 @@ import copy
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -162,25 +164,42 @@ def with_head(model: BortModel, task: Task) -> BortModel:
 
 
 @torch.no_grad()
-def _outputs(model: BortModel, data: Encoded, batch_size: int = PREDICT_BATCH, *,
-             pooled: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits (N, labels) of ``data`` in its order, and (``pooled``) the pooled vectors
-    (N, hidden); batches group similar lengths."""
+def map_batches(model: BortModel, data: Encoded,
+                read: Callable[[dict[str, torch.Tensor], Any], dict[str, np.ndarray]],
+                batch_size: int = PREDICT_BATCH) -> dict[str, np.ndarray]:
+    """``read(batch, output)`` of every batch of ``data`` with dropout off, each array's rows
+    back in ``data``'s order; batches group similar lengths."""
     if len(data) == 0:
         raise ValueError("empty batch: nothing to predict")
     was_training = model.training
     model.eval()
     order = np.argsort([len(x) for x in data.ids], kind="stable")
-    logits = np.zeros((len(data), model.arch.num_labels), np.float32)
-    vectors = np.zeros((len(data), model.arch.hidden), np.float32) if pooled else None
-    for start in range(0, len(order), batch_size):
-        index = order[start:start + batch_size]
-        out = model(**_collate(data, index, _pad_id(model)))
-        logits[index] = out.logits.float().numpy()
-        if vectors is not None:
-            vectors[index] = out.pooler_output.float().numpy()
-    model.train(was_training)
-    return logits, vectors
+    parts = []
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = _collate(data, order[start:start + batch_size], _pad_id(model))
+            parts.append(read(batch, model(**batch)))
+    finally:
+        model.train(was_training)
+    out = {}
+    for name in parts[0]:
+        out[name] = np.empty_like(parts[0][name], shape=(len(data), *parts[0][name].shape[1:]))
+        out[name][order] = np.concatenate([p[name] for p in parts])
+    return out
+
+
+def _outputs(model: BortModel, data: Encoded, batch_size: int = PREDICT_BATCH, *,
+             pooled: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits (N, labels) of ``data`` in its order, and (``pooled``) the pooled vectors
+    (N, hidden)."""
+    def read(batch, out) -> dict[str, np.ndarray]:
+        got = {"logits": out.logits.float().numpy()}
+        if pooled:
+            got["pooled"] = out.pooler_output.float().numpy()
+        return got
+
+    arrays = map_batches(model, data, read, batch_size)
+    return arrays["logits"], arrays.get("pooled")
 
 
 def predict(model: BortModel, data: Encoded, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -319,11 +338,11 @@ class _Student(nn.Module):
         super().__init__()
         self.model, self.projection = model, projection
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[Any, torch.Tensor | None]:
         out = self.model(**batch)
         if self.projection is None:
-            return out.logits, None
-        return out.logits, self.projection(out.pooler_output)
+            return out, None
+        return out, self.projection(out.pooler_output)
 
 
 def _projection(model: BortModel, teacher: TeacherOutputs | None,
@@ -413,11 +432,11 @@ class _Run:
         return (_collate(self.train_data, index, _pad_id(self.model)),
                 torch.from_numpy(self.train_data.labels[index]), index)
 
-    def loss(self, logits: torch.Tensor, projected: torch.Tensor | None, labels: torch.Tensor,
-             index: np.ndarray) -> torch.Tensor:
-        """The batch's loss: on the gold labels alone, or with a teacher `kd_loss` plus the
-        pooled vectors' weighted MSE."""
-        config = self.config
+    def loss(self, out: Any, projected: torch.Tensor | None, batch: dict[str, torch.Tensor],
+             labels: torch.Tensor, index: np.ndarray) -> torch.Tensor:
+        """The batch's loss from the model's output ``out``: on the gold labels alone, or with
+        a teacher `kd_loss` plus the pooled vectors' weighted MSE."""
+        config, logits = self.config, out.logits.float()
         if self.teacher is None:
             return (F.mse_loss(logits[:, 0], labels.float()) if self.regression
                     else F.cross_entropy(logits, labels.long()))
@@ -432,8 +451,8 @@ class _Run:
         """One optimizer step; the loss of the whole batch."""
         batch, labels, index = self.batch(step)
         with torch.autocast("cpu", torch.bfloat16, enabled=self.config.bf16):
-            logits, projected = self.net(batch)
-        loss = self.loss(logits.float(), projected, labels, index)
+            out, projected = self.net(batch)
+        loss = self.loss(out, projected, batch, labels, index)
         value = optimizer_step(loss, self.student, self.opt, self.sched, self.config.clip,
                                self.world)
         self.done = step + 1
@@ -443,7 +462,7 @@ class _Run:
     def evaluate(self, step: int) -> bool:
         """Score dev after ``step`` steps, keep the best weights and checkpoint; True when
         ``patience`` evaluations in a row brought no better score (time to stop)."""
-        metrics, _ = evaluate(self.model, self.dev)
+        metrics = self.score()
         score, best = metrics[self.metric], self.best
         self.history["dev"].append((step, metrics))
         if score > best["score"]:
@@ -461,6 +480,10 @@ class _Run:
                      f"{self.config.patience} evaluations")
         return stop
 
+    def score(self) -> dict[str, float]:
+        """The model's metrics on dev."""
+        return evaluate(self.model, self.dev)[0]
+
     def run(self, progress: bool) -> None:
         """Train from the step reached until the last step or an early stop."""
         self.model.train()
@@ -470,6 +493,18 @@ class _Run:
                 bar.step(self.train_step(step - 1))
                 if (step % self.eval_every == 0 or step == self.total) and self.evaluate(step):
                     break
+
+
+@contextmanager
+def frozen_word_embeddings(model: BortModel, freeze: bool) -> Iterator[None]:
+    """With ``freeze``, the word embeddings take no gradient (nor optimizer state) inside."""
+    weight = model.embeddings.word_embeddings.weight
+    trainable = weight.requires_grad
+    weight.requires_grad_(trainable and not freeze)
+    try:
+        yield
+    finally:
+        weight.requires_grad_(trainable)
 
 
 def _check_rows(model: BortModel, train_data: Encoded, dev: Encoded,
@@ -506,11 +541,12 @@ def train(model: BortModel, train_data: Encoded, dev: Encoded, config: FinetuneC
     rank, world = world_of() if distributed else (0, 1)
     if config.batch_size % world:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {world} ranks")
-    run = _Run(model, train_data, dev, config, metric, out, (rank, world),
-               log if rank == 0 else None, teacher)
-    if resume:
-        run.resume()
-    run.run(progress and rank == 0)
+    with frozen_word_embeddings(model, config.freeze_word_embeddings):
+        run = _Run(model, train_data, dev, config, metric, out, (rank, world),
+                   log if rank == 0 else None, teacher)
+        if resume:
+            run.resume()
+        run.run(progress and rank == 0)
     model.load_state_dict(run.best_state)
     model.eval()
     return FinetuneResult(model, dict(run.best["metrics"]), None, run.done, run.history)

@@ -23,14 +23,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["copy_file", "fsync_dir", "save_safetensors", "write_bytes", "write_json",
+__all__ = ["append_line", "copy_file", "fsync_dir", "save_safetensors", "write_bytes", "write_json",
            "write_text"]
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+#: The process' umask, read once at import: reading it means setting it, which would race with
+#: another thread's file creation if done per write.
+_UMASK = _read_umask()
 
 
 def fsync_dir(directory: str | Path) -> None:
@@ -58,12 +63,24 @@ def _atomic(path: str | Path, write: Any) -> Path:
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+    return path
+
+
+def append_line(path: str | Path, line: str) -> Path:
+    """Append ``line`` and a newline to the journal at ``path`` and flush it to disk. A crash can
+    only cut the last line short: readers skip a line that does not parse."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line.rstrip("\n") + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 

@@ -19,6 +19,10 @@ finishes; a rerun skips finished stages and resumes an interrupted one from its 
 8. ``report``   ``report.md`` with the tables, and PNGs (front, training curves, latency)
    (`bort.report`).
 
+With ``task = "embedding"`` the student learns the source's sentence embeddings instead: the
+source is the teacher, and the student is scored by cosine and teacher-neighbour recall@10 on
+held-out corpus passages (`bort.embedding`).
+
 Settings come from `PipelineConfig`: top-level fields, and one section per stage that *is* the
 stage's settings class (a TOML file overrides any field; `PipelineConfig.quick` is the
 few-minute version `make test` runs). The top-level ``seed`` is every stage's seed.
@@ -69,6 +73,9 @@ _KEEP_ON_REDO = ("teacher", "report")
 STUDENT_ARM = "distilled"
 #: Lines of the corpus held out for the distillation loss.
 HELD_OUT = 0.002
+#: ... and for an embedding student, whose dev and test passages they also are (~2,300 lines of
+#: the default corpus).
+EMBEDDING_HELD_OUT = 0.025
 
 
 def _demo_bench() -> BenchConfig:
@@ -85,8 +92,9 @@ class PipelineConfig(Settings):
     name: str = setting("demo", "run name: results go to OUT/NAME")
     source: str | None = setting(None, "source model directory (default: the installed "
                                  "all-MiniLM-L6-v2)")
-    task: str = setting("rotten_tomatoes", "installed dataset (bort.data.TASKS), GLUE directory "
-                        "or CSV/TSV/JSONL file(s)")
+    task: str = setting("rotten_tomatoes", "installed dataset (bort.data.TASKS), GLUE directory, "
+                        "CSV/TSV/JSONL file(s), or 'embedding' (a student of the source's "
+                        "sentence embeddings)")
     corpus: list[str] | None = setting(None, "distillation text files (default: the installed "
                                        "default corpus)")
     seed: int = setting(0, "seed of every stage")
@@ -106,8 +114,11 @@ class PipelineConfig(Settings):
         choose="accurate"))
     distill: DistillConfig = field(default_factory=lambda: DistillConfig(
         steps=400, batch_size=16, seq_len=64, lr=5e-4, eval_every=100, checkpoint_every=100))
+    # frozen word embeddings and 60,000 transfer sentences: dev 0.7923 -> 0.8040 -> 0.8122 on
+    # one 2-head student, one seed (bench/results/README.md, "The pipeline")
     student: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
-        lr=2e-4, epochs=2.0, seq_len=64, evals_per_epoch=2, patience=3))
+        lr=2e-4, epochs=2.0, seq_len=64, evals_per_epoch=2, patience=3, transfer_limit=60000,
+        freeze_word_embeddings=True))
     finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=1.5, seq_len=64, evals_per_epoch=2))
     agora: AgoraConfig = field(default_factory=lambda: AgoraConfig(
@@ -211,6 +222,26 @@ class Run:
             self._cache[key] = make()
         return self._cache[key]
 
+    @property
+    def embedding(self) -> bool:
+        """Whether the run makes an embedding student (``task = "embedding"``)."""
+        from .data import EMBEDDING_TASK
+
+        return self.config.task == EMBEDDING_TASK
+
+    def embedding_texts(self) -> tuple[list[str], list[str], list[str]]:
+        """An embedding run's (train, dev, test) passages (`bort.embedding.embedding_texts`:
+        at most ``student.transfer_limit`` to train on; dev and test capped at max_eval)."""
+        from .embedding import embedding_texts
+
+        def make():
+            c = self.config
+            train, dev, test = embedding_texts(self.corpus(), limit=c.student.transfer_limit,
+                                               seed=c.seed)
+            return train, dev[:c.max_eval], test[:c.max_eval]
+
+        return self._once("embedding_texts", make)
+
     def source_dir(self) -> Path:
         from .assets import default_source
 
@@ -235,8 +266,28 @@ class Run:
         from .data import default_corpus
         from .distill import Corpus
 
+        share = EMBEDDING_HELD_OUT if self.embedding else HELD_OUT
         return self._once("corpus", lambda: Corpus(self.config.corpus or default_corpus(),
-                                                   held_out=HELD_OUT))
+                                                   held_out=share))
+
+    def teacher_dir(self, seed: int | None = None) -> Path:
+        """The source fine-tuned on the run's task and split with the teacher settings and
+        ``seed`` (default: the run's), cached across runs; fine-tuned here on first use."""
+        from .costs import cache_dir
+        from .finetune import finetune
+
+        c = self.config
+        config = replace(c.stage("teacher"), seed=c.seed if seed is None else seed)
+        key = json.dumps({"source": str(self.source_dir().resolve()), "task": c.task,
+                          "seed": c.seed, "max_train": c.max_train, "max_eval": c.max_eval,
+                          "teacher": config.as_dict()}, sort_keys=True)
+        cached = cache_dir() / "teachers" / hashlib.sha256(key.encode()).hexdigest()[:16]
+        if not (cached / "metrics.json").is_file():
+            self.log(f"teacher: fine-tuning the source on {c.task} (cached in {cached})")
+            finetune(self.source(), self.task(), cached, config, resume=True, log=self.log)
+        else:
+            self.log(f"teacher: cached in {cached}")
+        return cached
 
     def importance(self):
         """Unit importance of the source on the corpus's first lines (search and extraction)."""
@@ -249,20 +300,10 @@ class Run:
 
 # ---------------------------------------------------------------------- stages
 def _teacher(run: Run) -> dict:
-    from .costs import cache_dir
-    from .finetune import finetune
-
-    c = run.config
-    config = c.stage("teacher")
-    key = json.dumps({"source": str(run.source_dir().resolve()), "task": c.task,
-                      "seed": c.seed, "max_train": c.max_train, "max_eval": c.max_eval,
-                      "teacher": config.as_dict()}, sort_keys=True)
-    cached = cache_dir() / "teachers" / hashlib.sha256(key.encode()).hexdigest()[:16]
-    if not (cached / "metrics.json").is_file():
-        run.log(f"teacher: fine-tuning the source on {c.task} (cached in {cached})")
-        finetune(run.source(), run.task(), cached, config, resume=True, log=run.log)
-    else:
-        run.log(f"teacher: cached in {cached}")
+    if run.embedding:
+        run.log("teacher: the source itself (its mean-pooled, normalised vectors)")
+        return {"model": str(run.source_dir()), "embedding": True}
+    cached = run.teacher_dir()
     metrics = json.loads((cached / "metrics.json").read_text())
     return {"model": str(cached / "model"), "dev": metrics["dev"], "test": metrics["test"]}
 
@@ -279,7 +320,8 @@ def _search(run: Run) -> dict:
     teacher = BortModel.from_pretrained(run.result("teacher")["model"])
     result = optimal_subarchitecture(source, SPACES[s.space](source.arch), run.corpus(),
                                      importance=run.importance(), config=s, out=out, log=run.log,
-                                     teacher=teacher, task=run.task())
+                                     teacher=None if run.embedding else teacher,
+                                     task=None if run.embedding else run.task())
     if result.optimum is None:
         raise ConfigError("the search found no architecture meeting the constraints "
                           f"(max_params={s.max_params}, min_speedup={s.min_speedup})")
@@ -289,6 +331,7 @@ def _search(run: Run) -> dict:
     return {"arch": best.arch.to_config(), "describe": best.arch.describe(),
             "params": best.params, "cost": best.cost, "cost_kind": s.cost, "error": best.error,
             "w": best.w, "rule": result.rule, "measured_speedup": result.measured_speedup,
+            "calibration": result.calibration,
             "by_w": result.by_w.arch.describe(), "source_params": result.maximum.params,
             "source_cost": result.maximum.cost, "candidates": len(result.candidates),
             "evaluated": len(result.evaluated)}
@@ -335,6 +378,21 @@ def _distilled_arm(run: Run, teacher, arm_dir: Path) -> dict:
             "train_steps": result.steps, "transfer": transfer}
 
 
+def _embedding_arm(run: Run, teacher, arm_dir: Path) -> dict:
+    """The shipped embedding student: the teacher's pooled, normalised vectors distilled over
+    corpus passages, scored on held-out ones."""
+    from .embedding import distill_embeddings
+    from .model import BortModel
+
+    train, dev, test = run.embedding_texts()
+    student = BortModel.from_pretrained(run.result("distill")["model"])
+    result = distill_embeddings(student, teacher, train, dev, test, arm_dir,
+                                run.config.stage("student"), resume=True, log=run.log)
+    return {"model": str(arm_dir / "model"), "test": result.test, "dev": result.dev,
+            "train_steps": result.steps,
+            "passages": {"train": len(train), "dev": len(dev), "test": len(test)}}
+
+
 def _agora_arm(run: Run, teacher, arm: str, arm_dir: Path) -> dict:
     """Agora, or its plain control: the same loop and compute without the new points."""
     from .agora import finetune_agora
@@ -355,14 +413,19 @@ def _finetune(run: Run) -> dict:
     c = run.config
     teacher = BortModel.from_pretrained(run.result("teacher")["model"])
     arms = [STUDENT_ARM]
-    if c.agora_arms:
+    if c.agora_arms and run.embedding:
+        run.log("finetune: no Agora arms for an embedding student (Agora needs labels)")
+    elif c.agora_arms:
         arms += ["agora", "plain"] if c.plain_baseline else ["agora"]
     out = {}
     for arm in arms:
         run.log(f"finetune: {arm}")
         arm_dir = run.dir / "finetune" / arm
-        out[arm] = (_distilled_arm(run, teacher, arm_dir) if arm == STUDENT_ARM
-                    else _agora_arm(run, teacher, arm, arm_dir))
+        if run.embedding:
+            out[arm] = _embedding_arm(run, teacher, arm_dir)
+        else:
+            out[arm] = (_distilled_arm(run, teacher, arm_dir) if arm == STUDENT_ARM
+                        else _agora_arm(run, teacher, arm, arm_dir))
     return out
 
 
@@ -412,12 +475,44 @@ def _dtype_accuracy(run: Run, student_dir: Path) -> dict:
     return out
 
 
+def _dtype_embedding(run: Run, student_dir: Path) -> dict:
+    """The embedding student's test scores (cosine and recall@10 to the source's fp32 vectors)
+    in each of bort's dtypes, each against fp32 as a paired difference with its bootstrap
+    interval over the test passages."""
+    from .embedding import embedding_scores
+    from .metrics import paired_bootstrap
+    from .runtime import DTYPES, Encoder
+
+    _, _, test = run.embedding_texts()
+    threads, seq = run.config.bench.threads[0], run.config.student.seq_len
+
+    def vectors(model_dir, dtype):
+        encoder = Encoder.from_pretrained(model_dir, dtype=dtype, num_threads=threads,
+                                          max_length=seq)
+        start = time.perf_counter()
+        out = encoder.encode(test, pooling="mean", normalize=True)
+        return out, time.perf_counter() - start
+
+    teacher, _ = vectors(run.source_dir(), "fp32")
+    out, fp32 = {}, None
+    for dtype in DTYPES:
+        got, seconds = vectors(student_dir, dtype)
+        means, per = embedding_scores(got, teacher)
+        fp32 = per if fp32 is None else fp32
+        out[dtype] = {**means, "test_seconds": seconds,
+                      "ms_per_sentence": 1000 * seconds / len(test),
+                      "vs_fp32": {k: paired_bootstrap(v, fp32[k], seed=run.config.seed)
+                                  for k, v in per.items()}}
+    return out
+
+
 def _bench(run: Run) -> dict:
     from .bench import markdown, plot, run_matrix
     from .io import write_text
 
     student_dir = Path(run.result("finetune")[STUDENT_ARM]["model"])
-    accuracy = _dtype_accuracy(run, student_dir)
+    accuracy = (_dtype_embedding(run, student_dir) if run.embedding
+                else _dtype_accuracy(run, student_dir))
     onnx = {k: Path(v) for k, v in run.result("export")["onnx"].items()}
     work = run.dir / "bench"
     work.mkdir(parents=True, exist_ok=True)
@@ -433,12 +528,14 @@ def _report(run: Run) -> dict:
     from .io import write_text
     from .report import curves_figure, pipeline_report
 
-    task = run.task()
     stages = run.record["stages"]
     curves_figure(stages).savefig(run.dir / "curves.png", dpi=110)
-    sizes = {k: len(getattr(task, k)) for k in ("train", "dev", "test")}
-    text = pipeline_report(run.config, str(run.source_dir()), task.metric, sizes, stages,
-                           STAGES[:-1])
+    parts = run.embedding_texts() if run.embedding else None
+    task = None if run.embedding else run.task()
+    sizes = {k: len(parts[i] if parts else getattr(task, k))
+             for i, k in enumerate(("train", "dev", "test"))}
+    text = pipeline_report(run.config, str(run.source_dir()),
+                           "cosine" if task is None else task.metric, sizes, stages, STAGES[:-1])
     path = write_text(run.dir / "report.md", text)
     return {"report": str(path)}
 

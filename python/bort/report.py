@@ -38,9 +38,12 @@ def curves_figure(stages: Mapping[str, Any]):
             b.plot(r, [x["test"] for x in rounds], "--s", color=color, alpha=0.6,
                    label=f"{arm}: test")
             b.set_xticks(r)
-    b.axhline(stages["teacher"]["test"]["accuracy"], color="gray", lw=0.8, label="teacher: test")
+    if "test" in stages["teacher"]:  # an embedding run's teacher is the source, not scored
+        b.axhline(stages["teacher"]["test"]["accuracy"], color="gray", lw=0.8,
+                  label="teacher: test")
     b.set(xlabel="round", ylabel="accuracy", title="fine-tuning rounds")
-    b.legend(fontsize=7)
+    if b.get_legend_handles_labels()[0]:  # an embedding run has no rounds and no teacher score
+        b.legend(fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -95,8 +98,41 @@ def _accuracy_section(stages: Mapping[str, Any], metric: str) -> list[str]:
             *_table(["model", "parameters", f"test {metric}", f"dev {metric}", "training steps"],
                     rows),
             "", *(["Dev scores are not held out under Agora (it learns from dev mistakes)."]
-                  * ("agora" in ft)),
+                  if "agora" in ft else []),
             "The test split is never used for training or selection.", ""]
+
+
+def _embedding_section(stages: Mapping[str, Any]) -> list[str]:
+    search, ft = stages["search"], stages["finetune"]["distilled"]
+    scores = [k for k in ft["test"] if k != "cosine"]
+    rows = [["**student, embedding-distilled** (the one shipped)", f"{search['params']:,}",
+             f"{ft['test']['cosine']:.4f}", *[f"{ft['test'][k]:.4f}" for k in scores],
+             f"{ft['dev']['cosine']:.4f}", f"{ft['train_steps']:,}"]]
+    n = ft["passages"]
+    return ["## The student's vectors against the teacher's (the source), test passages", "",
+            *_table(["model", "parameters", "mean cosine", *scores, "dev cosine",
+                     "training steps"], rows), "",
+            f"Passages of the corpus: {n['train']:,} to train on, {n['dev']:,} dev and "
+            f"{n['test']:,} test, held out of every distillation. Mean pooling, unit length, as "
+            "the source; recall@10: of each test passage's 10 nearest test passages by the "
+            "teacher, the share also among its 10 nearest by the student.", ""]
+
+
+def _embedding_runtime_section(bench: Mapping[str, Any], latency: Latency,
+                               shapes: list[str]) -> list[str]:
+    last, rows = shapes[-1], []
+    for dtype, acc in bench["accuracy"].items():
+        runtime = f"bort-{dtype}"
+        rows.append([dtype, *[f"{acc[k]:.4f}" for k in acc["vs_fp32"]],
+                     *[_ci(c) for c in acc["vs_fp32"].values()],
+                     *[_ms(latency, ("student", runtime, s)) for s in shapes],
+                     _ratio(latency, ("source", runtime, last), ("student", runtime, last))])
+    names = list(next(iter(bench["accuracy"].values()))["vs_fp32"])
+    header = ["dtype", *names, *[f"{k} vs fp32, ×100 [95% CI]" for k in names],
+              *[f"ms at {s}" for s in shapes], f"speed-up over the source (same dtype, {last})"]
+    return ["## The student under bort's runtime", "", *_table(header, rows), "",
+            "Scores against the source's bort fp32 vectors; differences are paired over the test "
+            "passages (bootstrap, 10,000 resamples).", ""]
 
 
 def _ci(r: Mapping[str, float] | None) -> str:
@@ -147,11 +183,16 @@ def pipeline_report(config: Any, source: str, metric: str, sizes: Mapping[str, i
     bench = stages["bench"]
     latency = {(r["model"], r["runtime"], r["shape"]): r["ms"] for r in bench["rows"]}
     shapes = list(dict.fromkeys(r["shape"] for r in bench["rows"]))
+    embedding = stages["teacher"].get("embedding", False)
+    data = ("passages of the corpus" if embedding else
+            f"train {sizes['train']}, dev {sizes['dev']}, test {sizes['test']}; split in "
+            "`split.json`")
     lines = [f"# bort pipeline: {config.name}", "",
-             f"Source `{source}`, task `{config.task}` (train {sizes['train']}, dev "
-             f"{sizes['dev']}, test {sizes['test']}; split in `split.json`), seed {config.seed}.",
+             f"Source `{source}`, task `{config.task}` ({data}), seed {config.seed}.",
              "", *_stages_section(stages, order), *_search_section(stages["search"]),
-             *_accuracy_section(stages, metric), *_runtime_section(bench, latency, shapes),
+             *(_embedding_section(stages) if embedding else _accuracy_section(stages, metric)),
+             *(_embedding_runtime_section(bench, latency, shapes) if embedding
+               else _runtime_section(bench, latency, shapes)),
              *_latency_section(bench, latency, shapes, config.bench), "",
              "Figures: `search/front.png` (the front), `curves.png` (training), "
              "`bench/latency.png` (latency).", ""]

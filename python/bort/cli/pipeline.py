@@ -9,7 +9,7 @@ from ..pipeline import STAGES, PipelineConfig
 from ._options import add_overrides, overrides_from
 
 NAME = "pipeline"
-HELP = "the main job: teacher, search, extract, distill, Agora, export, bench, report"
+HELP = "the main job: teacher, search, extract, distill, student, export, bench, report"
 SETTINGS = ()
 #: Top-level settings the command line may override (the TOML file sets any of them).
 OVERRIDES = ("name", "source", "task", "corpus", "out", "seed", "threads")
