@@ -115,9 +115,9 @@ def main() -> None:
 
 
 def _cpu() -> str:
-    from bort.costs import _cpu_model
+    from bort.timing import cpu_summary
 
-    return _cpu_model()
+    return cpu_summary()
 
 
 if __name__ == "__main__":

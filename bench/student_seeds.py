@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -42,7 +41,7 @@ from bort.finetune import encode_split, evaluate, finetune
 from bort.io import write_json, write_text
 from bort.metrics import mcnemar, paired_bootstrap
 from bort.model import BortModel
-from bort.pipeline import PipelineConfig, Run
+from bort.pipeline import Run, open_run
 from bort.tokenize import load_tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "student_seeds"
@@ -56,17 +55,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="where the models go (default: RUN/seeds)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results, without suffix")
     return p.parse_args()
-
-
-def load_run(path: Path) -> Run:
-    record = json.loads((path / "pipeline.json").read_text())
-    missing = {"teacher", "distill"} - set(record["stages"])
-    if missing:
-        raise SystemExit(f"{path}: the run has not finished {sorted(missing)}")
-    config = PipelineConfig().updated({**record["config"], "out": str(path.parent),
-                                       "name": path.name}, where=str(path / "pipeline.json"))
-    torch.set_num_threads(config.threads)
-    return Run(config, log=print)
 
 
 def trained(out: Path, make) -> BortModel:
@@ -148,7 +136,8 @@ def table(summary: dict) -> str:
 def main() -> int:
     args = parse_args()
     began = time.perf_counter()
-    run = load_run(args.run)
+    run = open_run(args.run, needs=("teacher", "distill"))
+    torch.set_num_threads(run.config.threads)
     student_dir = Path(run.result("distill")["model"])
     test = encode_split(load_tokenizer(student_dir, run.config.student.seq_len), run.task().test,
                         run.config.student.seq_len)

@@ -58,3 +58,16 @@ def test_version_and_module_entry_point() -> None:
                          text=True, timeout=60)
     assert out.stdout.strip() == f"bort {__version__}" != "bort 0+unknown"
     assert shutil.which(BORT[0])
+
+
+def test_help_shows_each_default_once() -> None:
+    """A set default is shown; an unset one shows what unset means, not "(default: None)"."""
+    out = run("search", "--help")
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert "(default: None)" not in text
+    assert "largest parameter count allowed (default: none)" in text
+    assert "seed of the surrogate runs (default: 0)" in text
+    # argparse may wrap after a hyphen
+    pipeline = " ".join(run("pipeline", "--help").stdout.split()).replace("- ", "-")
+    assert "source model directory (default: the installed all-MiniLM-L6-v2) --task" in pipeline

@@ -19,7 +19,7 @@ from bort.data import (
     transfer_texts,
 )
 from bort.errors import ConfigError, DataError
-from bort.metrics import accuracy, f1, mcc, mcnemar, pearson, spearman
+from bort.metrics import accuracy, f1, kendall_tau, mcc, mcnemar, pearson, spearman
 
 
 def test_rotten_tomatoes_split_is_seeded_stratified_and_recorded(tmp_path):
@@ -195,6 +195,22 @@ def test_metrics_against_closed_forms():
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))  # no ties here
     assert spearman(a, b) == pytest.approx(np.corrcoef(ra, rb)[0, 1])
     assert spearman(np.array([1, 2, 2, 3.0]), np.array([1, 2, 2, 3.0])) == pytest.approx(1.0)
+
+
+def test_kendall_tau_against_counting_pairs():
+    """τ-b by counting every pair by hand, with ties on both sides."""
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        a, b = rng.integers(0, 4, 9).astype(float), rng.integers(0, 4, 9).astype(float)
+        pairs = [(a[i] - a[j], b[i] - b[j]) for i in range(9) for j in range(i + 1, 9)]
+        concordant = sum(x * y > 0 for x, y in pairs)
+        discordant = sum(x * y < 0 for x, y in pairs)
+        untied_a, untied_b = sum(x != 0 for x, _ in pairs), sum(y != 0 for _, y in pairs)
+        expected = ((concordant - discordant) / math.sqrt(untied_a * untied_b)
+                    if untied_a and untied_b else 0.0)
+        assert kendall_tau(a, b) == pytest.approx(expected)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert kendall_tau([1, 1, 1], [1, 2, 3]) == 0.0
 
 
 def test_mcnemar_is_the_exact_binomial_test():

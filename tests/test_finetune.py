@@ -339,6 +339,35 @@ def test_cli_agora_on_text(minilm_dir, rt_dir, teacher_dir, tmp_path, capsys):
     assert json.loads((tmp_path / "agora" / "metrics.json").read_text())["rounds"] == rounds
 
 
+def test_augmented_copies_join_the_distillation_set(minilm_dir, rt_dir, teacher_dir, tmp_path,
+                                                   monkeypatch):
+    """`augment_copies` adds that many edited copies of each training sentence, unlabelled, to
+    the rows the teacher labels: [CLS] ... [SEP] kept, none equal to a training sentence, the
+    same copies for the same seed."""
+    from bort.finetune import _augmented
+
+    monkeypatch.setenv("BORT_CACHE_DIR", str(tmp_path / "cache"))
+    task, teacher = load_task(rt_dir), BortModel.from_pretrained(teacher_dir / "model")
+    tokenizer = load_tokenizer(minilm_dir, 32)
+    data = encode_split(tokenizer, task.train, 32)
+    copies = _augmented(teacher, tokenizer, data, 2, seed=0)
+    assert 0.9 * 2 * len(data) <= len(copies) <= 2 * len(data)
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    assert all(c[0] == cls and c[-1] == sep and len(c) <= 32 for c in copies.ids)
+    assert not {tuple(c) for c in copies.ids} & {tuple(c) for c in data.ids}
+    again = _augmented(teacher, tokenizer, data, 2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(copies.ids, again.ids))
+    assert len(_augmented(teacher, tokenizer, data, 0, seed=0)) == 0
+    config = FinetuneConfig(epochs=1, seq_len=32, batch_size=32, augment_copies=2)
+    finetune(small(minilm_dir), task, tmp_path / "a", config, teacher=teacher, log=None,
+             progress=False)
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["augmented"] == len(copies) and metrics["transfer"] == 0
+    assert metrics["train_rows"] == len(data) + len(copies)
+    with pytest.raises(ConfigError, match="augment_copies must be >= 0"):
+        FinetuneConfig(augment_copies=-1)
+
+
 def test_cli_task_distillation_with_transfer_hits_the_teacher_cache(minilm_dir, rt_dir,
                                                                      teacher_dir, tmp_path,
                                                                      monkeypatch, capsys):

@@ -9,7 +9,7 @@ import pytest
 from bort import pipeline
 from bort.cli import main
 from bort.errors import ConfigError
-from bort.pipeline import STAGES, PipelineConfig, run_pipeline
+from bort.pipeline import STAGES, PipelineConfig, open_run, run_pipeline
 
 
 @pytest.mark.slow
@@ -26,6 +26,13 @@ def test_quick_pipeline_interrupted_then_resumed(tmp_path, monkeypatch):
     run_dir = tmp_path / "quick"
     first = json.loads((run_dir / "pipeline.json").read_text())["stages"]
     assert list(first) == list(STAGES[:STAGES.index("export")])
+    # a bench script reopens the run with the settings it ran with
+    reopened = open_run(run_dir, needs=("search", "finetune"), log=lambda m: None)
+    assert reopened.config == config and reopened.done("finetune")
+    with pytest.raises(ConfigError, match=r"has not finished \['bench'\]"):
+        open_run(run_dir, needs=("bench",))
+    with pytest.raises(ConfigError, match="not a pipeline run"):
+        open_run(tmp_path / "elsewhere")
 
     calls = []
     for stage in STAGES[:STAGES.index("export")]:  # finished stages must not run again

@@ -92,29 +92,33 @@ def test_constraints(setup) -> None:
         optimal_subarchitecture(source, space, corpus, importance=imp, max_latency_ms=5, **SMALL)
 
 
-def test_the_speedup_bound_is_calibrated_end_to_end(monkeypatch) -> None:
-    """The pool keeps the candidates whose predicted speed-up, times measured / predicted at the
-    candidate nearest the bound (less the margin), reaches min_speedup."""
+def test_the_speedup_bound_is_calibrated_end_to_end() -> None:
+    """The pool keeps the candidates whose predicted speed-up, times measured / predicted (the
+    median over the candidates nearest the bound, less the margin), reaches min_speedup."""
     from bort.config import SearchConfig
-    from bort.search import SPEEDUP_MARGIN, _allowed, _calibration
+    from bort.search import CALIBRATION_POINTS, SPEEDUP_MARGIN, _allowed, _calibration
 
-    source, arch = Arch.uniform(2, 2, 32, 64), Arch.uniform(1, 1, 32, 32)
+    source = Arch.uniform(2, 2, 32, 64)
     maximum = Candidate(source, 1000, 10.0, 0.0)
-    cands = [Candidate(arch, 100 + i, cost, 0.0) for i, cost in enumerate((0.8, 0.95, 1.0, 1.2))]
+    # predicted speed-ups 12.5, 10.5, 10, 8.3 (ffn widths tell the candidates apart)
+    cands = [Candidate(Arch.uniform(1, 1, 32, 8 * (i + 1)), 100 + i, cost, 0.0)
+             for i, cost in enumerate((0.8, 0.95, 1.0, 1.2))]
     config = SearchConfig(cost="latency", min_speedup=10.0)
+    # measured / predicted: 0.9 at 10×, 0.6 at 10.5× (one noisy reading), 0.92 at 8.3×
+    ratio = {8: None, 16: 0.6, 24: 0.9, 32: 0.92}
     timed = []
 
-    def fake(src, a, table):
-        timed.append(a)
-        return 9.0  # the table predicted 10.0 for the nearest candidate
-    monkeypatch.setattr("bort.search.measured_speedup", fake)
-    kappa = _calibration(cands, maximum, config, {"table": None}, None)
-    assert kappa == pytest.approx(0.9) and len(timed) == 1
+    def timer(a):
+        timed.append(a.layers[0].ffn)
+        return ratio[a.layers[0].ffn] * maximum.cost / next(c.cost for c in cands
+                                                            if c.arch == a)
+    kappa = _calibration(cands, maximum, config, timer, None)
+    assert CALIBRATION_POINTS == 3 and sorted(timed) == [16, 24, 32]  # the three nearest 10×
+    assert kappa == pytest.approx(0.9)  # the noisy reading does not move the median
     assert [c.cost for c in _allowed(cands, maximum, config)] == [0.8, 0.95, 1.0]
     factor = kappa / SPEEDUP_MARGIN  # 0.874: 10 / 0.8 -> 10.9 (in), 10 / 0.95 -> 9.2 (out)
     assert [c.cost for c in _allowed(cands, maximum, config, factor)] == [0.8]
-    assert _calibration(cands, maximum, SearchConfig(cost="latency"), {}, None) is None
-    assert _calibration(cands, maximum, SearchConfig(min_speedup=10.0), {}, None) is None
+    assert _calibration(cands, maximum, config, None, None) is None  # no bound to time
 
 
 def test_latency_search_measures_its_table(setup, tmp_path, monkeypatch) -> None:
@@ -195,7 +199,7 @@ def test_the_rules_on_a_synthetic_front() -> None:
     assert choose(longer, "fastest", within=10.0)[0].params == 2
 
 
-def test_a_measured_speedup_below_the_bound_moves_to_the_next(monkeypatch) -> None:
+def test_a_measured_speedup_below_the_bound_moves_to_the_next() -> None:
     """The table promised every candidate the speed-up; timing end to end says the most
     accurate one misses it, so the next most accurate is chosen (and the measure reported)."""
     from bort import search
@@ -203,26 +207,27 @@ def test_a_measured_speedup_below_the_bound_moves_to_the_next(monkeypatch) -> No
 
     front = synthetic_front()
     measured = {10: 9.5, 8: 10.4, 6: 12.0, 4: 20.0, 2: 30.0}
-    monkeypatch.setattr(search, "measured_speedup",
-                        lambda source, arch, table: measured[arch.layers[0].ffn])
+
+    def timer(arch):
+        return measured[arch.layers[0].ffn]
     config = SearchConfig(cost="latency", min_speedup=10.0, choose="accurate")
-    best, speedup = search._pick(front, config, front[0].arch, {"table": None})
+    best, speedup = search._pick(front, config, timer)
     assert (best.params, speedup) == (8, 10.4)
     with pytest.raises(ConfigError, match="best 30.00×"):
-        search._pick(front, SearchConfig(cost="latency", min_speedup=40.0), front[0].arch,
-                     {"table": None})
-    w_only, none = search._pick(front, SearchConfig(choose="w"), front[0].arch, {})
+        search._pick(front, SearchConfig(cost="latency", min_speedup=40.0), timer)
+    w_only, none = search._pick(front, SearchConfig(choose="w"), None)
     assert w_only.params == 4 and none is None  # FLOPs: nothing to time
 
 
 def test_measured_speedup_times_both_models(minilm_dir) -> None:
     from bort.costs import LatencyTable
-    from bort.search import measured_speedup
+    from bort.search import SpeedupTimer
 
     source = Arch.from_pretrained(minilm_dir)
-    table = LatencyTable(1, 32, 1, "bort-fp32-test", "cpu")
-    ratio = measured_speedup(source, replace(source, layers=source.layers[:1]), table)
-    assert 2.0 < ratio < 12.0  # 6 layers against 1 (the embeddings cost both the same)
+    timer = SpeedupTimer(source, LatencyTable(1, 32, 1, "bort-fp32-test", "cpu"))
+    one, three = (timer(replace(source, layers=source.layers[:n])) for n in (1, 3))
+    assert 2.0 < one < 12.0  # 6 layers against 1 (the embeddings cost both the same)
+    assert 1.2 < three < one  # the source's encoder, built once, serves every candidate
 
 
 def test_successive_halving_trains_the_better_half_longer(setup, tmp_path, monkeypatch) -> None:

@@ -306,6 +306,9 @@ class FinetuneConfig(TrainingConfig):
                                    "student's and the teacher's pooled vectors", minimum=0)
     transfer_limit: int = setting(20000, "task distillation: most unlabelled transfer texts "
                                   "the teacher labels", minimum=0)
+    augment_copies: int = setting(0, "task distillation: augmented copies of each training "
+                                  "example (bort.augment: embedding neighbours, token dropout, "
+                                  "span swap) added to the set the teacher labels", minimum=0)
 
 
 @dataclass

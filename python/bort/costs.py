@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,16 +103,6 @@ class LatencyTable:
                    {key(k): v for k, v in data["attention"].items()},
                    {key(k): v for k, v in data["ffn"].items()},
                    {int(k): v for k, v in data["base"].items()})
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cache_dir() -> Path:
@@ -272,7 +261,7 @@ def measure_latency(source: Arch, hiddens: Sequence[int] = (), heads: Sequence[i
         head_dim = next((x.head_dim for x in source.layers if x.heads), 64)
     attention, ffn, sizes = _shapes(hiddens, heads, ffns, head_dim, attention_shapes, ffn_shapes)
     timer = _TIMERS[backend](source, batch, seq_len, threads, dtype)
-    table = LatencyTable(batch, seq_len, threads, timer.name, _cpu_model())
+    table = LatencyTable(batch, seq_len, threads, timer.name, timing.cpu_model())
     path = _cache_file(table)
     if cache:
         table = _read_cache(path, table)

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,18 +40,16 @@ from .distributed import world as world_of
 from .errors import BortError, ConfigError
 from .finetune import (
     PREDICT_BATCH,
-    TEACHER_CACHE,
     UNLABELLED,
     Encoded,
     FinetuneResult,
-    _data_digest,
     _Run,
-    _teacher_digest,
+    cached_teacher_arrays,
     encode_split,
     frozen_word_embeddings,
     map_batches,
 )
-from .io import save_safetensors, write_json
+from .io import write_json
 from .model import BortModel
 from .tokenize import load_tokenizer
 
@@ -115,28 +112,13 @@ def embedding_scores(student: np.ndarray, teacher: np.ndarray, k: int = NEIGHBOU
 
 def teacher_vectors(teacher: BortModel, data: Encoded, *, cache: bool = True
                     ) -> tuple[np.ndarray, str, bool]:
-    """The teacher's `embed` vectors of ``data``, its cache key and whether it came from the
-    cache (under ``bort.costs.cache_dir() / "teacher-outputs"``, keyed by the teacher's
-    weights and the data's token ids: a changed weight or text is computed afresh)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    from .costs import cache_dir
-
-    key = hashlib.sha256(f"embedding:{_FORMAT}:{_teacher_digest(teacher)}:"
-                         f"{_data_digest(data)}".encode()).hexdigest()[:32]
-    path = cache_dir() / TEACHER_CACHE / f"{key}.safetensors"
-    if cache and path.is_file():
-        try:
-            vectors = load_file(str(path)).get("vectors")
-        except (OSError, SafetensorError):
-            vectors = None  # damaged: computed again and rewritten
-        if vectors is not None and vectors.shape == (len(data), teacher.arch.hidden):
-            return vectors, key, True
-    vectors = embed(teacher, data)
-    if cache and is_main():
-        save_safetensors({"vectors": vectors}, path, {"rows": str(len(data))})
-    return vectors, key, False
+    """The teacher's `embed` vectors of ``data``, their cache key and whether they came from
+    the cache (`bort.finetune.cached_teacher_arrays`: a changed weight or text is computed
+    afresh)."""
+    arrays, key, cached = cached_teacher_arrays(
+        f"embedding:{_FORMAT}", teacher, data, {"vectors"},
+        lambda: {"vectors": embed(teacher, data)}, cache=cache)
+    return arrays["vectors"], key, cached
 
 
 def embedding_texts(corpus: Corpus, *, limit: int, seed: int

@@ -292,8 +292,8 @@ def _data_digest(data: Encoded) -> str:
     return h.hexdigest()
 
 
-def _read_cached(path: Path, rows: int) -> dict[str, np.ndarray] | None:
-    """The cached arrays at ``path`` when they are whole and have ``rows`` rows."""
+def _read_cached(path: Path, names: set[str], rows: int) -> dict[str, np.ndarray] | None:
+    """The cached arrays at ``path`` when they are whole: ``names``, each with ``rows`` rows."""
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
@@ -303,31 +303,47 @@ def _read_cached(path: Path, rows: int) -> dict[str, np.ndarray] | None:
         arrays = load_file(str(path))
     except (OSError, SafetensorError):
         return None  # damaged: computed again and rewritten
-    if set(arrays) != {"logits", "pooled"} or len(arrays["logits"]) != rows:
+    if set(arrays) != names or any(len(a) != rows for a in arrays.values()):
         return None
     return arrays
 
 
-def teacher_outputs(teacher: BortModel, data: Encoded, *, cache: bool = True) -> TeacherOutputs:
-    """The teacher's logits and pooled vectors on ``data`` (dropout off), computed once: with
-    ``cache`` they are kept as safetensors under ``bort.costs.cache_dir() / "teacher-outputs"``,
-    keyed by a hash of the teacher (weights, architecture, labels) and of the data (token ids
+def cached_teacher_arrays(kind: str, teacher: BortModel, data: Encoded, names: set[str],
+                          compute: Callable[[], dict[str, np.ndarray]], *, cache: bool = True
+                          ) -> tuple[dict[str, np.ndarray], str, bool]:
+    """``compute()``'s arrays ``names`` (one row per example of ``data``), their key and
+    whether they came from the cache: with ``cache`` they are kept as safetensors under
+    ``bort.costs.cache_dir() / "teacher-outputs"``, keyed by ``kind`` (what and in which
+    layout), a hash of the teacher (weights, architecture, labels) and of the data (token ids
     and types), so a changed weight or text is computed afresh."""
     from .costs import cache_dir
 
+    key = hashlib.sha256(f"{kind}:{_teacher_digest(teacher)}:{_data_digest(data)}".encode()
+                         ).hexdigest()[:_KEY_CHARS]
+    path = cache_dir() / TEACHER_CACHE / f"{key}.safetensors"
+    arrays = _read_cached(path, names, len(data)) if cache else None
+    if arrays is not None:
+        return arrays, key, True
+    arrays = compute()
+    if cache and is_main():
+        save_safetensors(arrays, path, {"rows": str(len(data)),
+                                        "teacher": str(teacher.source_dir)})
+    return arrays, key, False
+
+
+def teacher_outputs(teacher: BortModel, data: Encoded, *, cache: bool = True) -> TeacherOutputs:
+    """The teacher's logits and pooled vectors on ``data`` (dropout off), computed once and
+    cached (`cached_teacher_arrays`)."""
     if teacher.classifier is None or teacher.pooler is None:
         raise ConfigError("the teacher has no classification head: fine-tune it on the task")
-    key = hashlib.sha256(f"{_TEACHER_FORMAT}:{_teacher_digest(teacher)}:"
-                         f"{_data_digest(data)}".encode()).hexdigest()[:_KEY_CHARS]
-    path = cache_dir() / TEACHER_CACHE / f"{key}.safetensors"
-    arrays = _read_cached(path, len(data)) if cache else None
-    if arrays is not None:
-        return TeacherOutputs(arrays["logits"], arrays["pooled"], key, cached=True)
-    logits, pooled = _outputs(teacher, data, pooled=True)
-    if cache and is_main():
-        save_safetensors({"logits": logits, "pooled": pooled}, path,
-                         {"rows": str(len(data)), "teacher": str(teacher.source_dir)})
-    return TeacherOutputs(logits, pooled, key, cached=False)
+
+    def compute() -> dict[str, np.ndarray]:
+        logits, pooled = _outputs(teacher, data, pooled=True)
+        return {"logits": logits, "pooled": pooled}
+
+    arrays, key, cached = cached_teacher_arrays(str(_TEACHER_FORMAT), teacher, data,
+                                                {"logits", "pooled"}, compute, cache=cache)
+    return TeacherOutputs(arrays["logits"], arrays["pooled"], key, cached=cached)
 
 
 class _Student(nn.Module):
@@ -579,27 +595,51 @@ def _transfer_sample(texts: Sequence[str], limit: int, seed: int) -> list[str]:
     return [texts[i] for i in keep]
 
 
+def _augmented(teacher: BortModel, tokenizer, train: Encoded, copies: int, seed: int
+               ) -> Encoded:
+    """``copies`` new sequences per training sequence (fewer where an edit changed nothing),
+    each from one of `bort.augment`'s token-space generators drawn at random: embedding
+    neighbours in the teacher's table (producing only tokens of the train split), token
+    dropout, span swap. TinyBERT's task distillation labels such copies with the teacher."""
+    if copies == 0:
+        return Encoded([], [], np.zeros(0, np.int64))
+    from .augment import EmbeddingNeighbours, Mix, SpanSwap, TokenDropout, marked_tokens
+
+    special = marked_tokens(tokenizer)
+    vocabulary = np.unique(np.concatenate(train.ids)) if len(train) else None
+    generator = Mix([EmbeddingNeighbours.of(teacher, tokenizer, vocabulary),
+                     TokenDropout(special), SpanSwap(special)], per_point=copies)
+    return generator(train, np.random.default_rng(seed))
+
+
 def _distillation_set(teacher: BortModel, task: Task, tokenizer, data: dict[str, Encoded],
                       transfer: Sequence[str] | None, config: FinetuneConfig,
                       log: Callable[[str], None] | None) -> tuple[TeacherOutputs, dict]:
-    """Append the unlabelled transfer texts to ``data["train"]``; the teacher's outputs on it
-    and what metrics.json records of the distillation (with the teacher's own scores)."""
+    """Append the augmented copies of the train split and the unlabelled transfer texts to
+    ``data["train"]``; the teacher's outputs on it and what metrics.json records of the
+    distillation (with the teacher's own scores)."""
     texts = _transfer_sample(transfer or [], config.transfer_limit, config.seed)
     if texts and task.pair:
         raise ConfigError(f"{task.name} is a sentence-pair task: transfer texts (single "
                           "sentences) cannot be read as its inputs")
-    unlabelled = (np.full(len(texts), np.nan, np.float32) if task.regression
-                  else np.full(len(texts), UNLABELLED, np.int64))
-    data["train"] = data["train"].concat(
-        encode_split(tokenizer, Split(texts, unlabelled), config.seq_len))
+
+    def unlabelled(n: int) -> np.ndarray:
+        return (np.full(n, np.nan, np.float32) if task.regression
+                else np.full(n, UNLABELLED, np.int64))
+
+    copies = _augmented(teacher, tokenizer, data["train"], config.augment_copies, config.seed)
+    data["train"] = data["train"].concat(Encoded(copies.ids, copies.types,
+                                                 unlabelled(len(copies)))).concat(
+        encode_split(tokenizer, Split(texts, unlabelled(len(texts))), config.seq_len))
     soft = teacher_outputs(teacher, data["train"])
     if log:
-        log(f"task distillation from {teacher.source_dir}: {len(texts)} transfer texts, "
-            f"{len(soft)} rows, teacher outputs {'cached' if soft.cached else 'computed'}")
+        log(f"task distillation from {teacher.source_dir}: {len(copies)} augmented copies, "
+            f"{len(texts)} transfer texts, {len(soft)} rows, teacher outputs "
+            f"{'cached' if soft.cached else 'computed'}")
     scores = {k: _scores(teacher_outputs(teacher, data[k]).logits, data[k].labels,
                          task.regression)[0] for k in ("dev", "test")}
     return soft, {"distilled_from": str(teacher.source_dir) if teacher.source_dir else None,
-                  "transfer": len(texts), "train_rows": len(soft),
+                  "transfer": len(texts), "augmented": len(copies), "train_rows": len(soft),
                   "teacher_outputs": {"key": soft.key, "cached": soft.cached},
                   "teacher": scores}
 

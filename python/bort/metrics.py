@@ -12,7 +12,7 @@ from math import exp, lgamma, log
 
 import numpy as np
 
-__all__ = ["accuracy", "f1", "mcc", "pearson", "spearman", "classification_metrics",
+__all__ = ["accuracy", "f1", "mcc", "pearson", "spearman", "kendall_tau", "classification_metrics",
            "regression_metrics", "mcnemar", "paired_bootstrap"]
 
 #: Resamples of the paired bootstrap, and the confidence level of its interval.
@@ -79,6 +79,21 @@ def spearman(pred, gold) -> float:
     either side is constant. Takes any two equal-length 1-D sequences of numbers."""
     pred, gold = _pair(pred, gold)
     return pearson(_ranks(pred.astype(float)), _ranks(gold.astype(float)))
+
+
+def kendall_tau(a, b) -> float:
+    """Kendall's τ-b: (concordant − discordant pairs) / sqrt of the pairs untied on each side;
+    0 when either side is constant. O(n²), for the few points a rank check compares.
+
+    Example:
+        >>> kendall_tau([1, 2, 3, 4], [1, 3, 2, 4])
+        0.6666666666666666
+    """
+    a, b = _pair(a, b)
+    i, j = np.triu_indices(len(a), k=1)
+    da, db = np.sign(a[i] - a[j]), np.sign(b[i] - b[j])
+    denom = np.sqrt(np.count_nonzero(da) * np.count_nonzero(db))
+    return float((da * db).sum() / denom) if denom else 0.0
 
 
 def classification_metrics(pred, gold, num_labels: int) -> dict[str, float]:

@@ -59,7 +59,7 @@ from .config import (
 from .errors import ConfigError
 from .io import write_json
 
-__all__ = ["NEEDS", "STAGES", "PipelineConfig", "run_pipeline"]
+__all__ = ["NEEDS", "STAGES", "PipelineConfig", "open_run", "run_pipeline"]
 
 STAGES = ("teacher", "search", "extract", "distill", "finetune", "export", "bench", "report")
 #: The stages whose results each stage reads.
@@ -298,6 +298,22 @@ class Run:
                                                            self.corpus().head(lines)))
 
 
+def open_run(path: str | Path, *, needs: Sequence[str] = (),
+             log: Callable[[str], None] = print) -> Run:
+    """A run directory written by `run_pipeline`, with the settings it ran with (for bench
+    scripts that reuse its stages); `ConfigError` if a stage in ``needs`` has not finished."""
+    record_path = Path(path) / "pipeline.json"
+    if not record_path.is_file():
+        raise ConfigError(f"{path}: not a pipeline run (no pipeline.json)")
+    record = json.loads(record_path.read_text())
+    missing = sorted(set(needs) - set(record["stages"]))
+    if missing:
+        raise ConfigError(f"{path}: the run has not finished {missing}")
+    config = PipelineConfig().updated({**record["config"], "out": str(Path(path).parent),
+                                       "name": Path(path).name}, where=str(record_path))
+    return Run(config, log=log)
+
+
 # ---------------------------------------------------------------------- stages
 def _teacher(run: Run) -> dict:
     if run.embedding:
@@ -509,6 +525,7 @@ def _dtype_embedding(run: Run, student_dir: Path) -> dict:
 def _bench(run: Run) -> dict:
     from .bench import markdown, plot, run_matrix
     from .io import write_text
+    from .timing import cpu_summary
 
     student_dir = Path(run.result("finetune")[STUDENT_ARM]["model"])
     accuracy = (_dtype_embedding(run, student_dir) if run.embedding
@@ -520,8 +537,9 @@ def _bench(run: Run) -> dict:
                              run.config.bench, work)
     write_text(work / "latency.md", markdown(rows))
     plot(rows, work / "latency.png")
-    write_json(work / "bench.json", {"rows": rows, "notes": notes, "accuracy": accuracy})
-    return {"accuracy": accuracy, "rows": rows, "notes": notes}
+    record = {"cpu": cpu_summary(), "accuracy": accuracy, "rows": rows, "notes": notes}
+    write_json(work / "bench.json", record)
+    return record
 
 
 def _report(run: Run) -> dict:

@@ -168,7 +168,8 @@ def _latency_section(bench: Mapping[str, Any], latency: Latency, shapes: list[st
                  for s in shapes]] for dtype in bench["accuracy"] for other in others]
     return ["## Latency: source and student under each runtime", "",
             f"Median ms at batch {b.batch}, {', '.join(map(str, b.threads))} thread(s), "
-            f"{b.rounds} interleaved rounds (`bench/latency.md`, `bench/latency.png`).", "",
+            f"{b.rounds} interleaved rounds (`bench/latency.md`, `bench/latency.png`), on "
+            f"{bench.get('cpu', 'a CPU the run did not record')}.", "",
             *_table(["model", "runtime", *shapes], rows), "",
             "Speed-up of the student under bort over the source under each other runtime "
             "(source ms / student ms):", "",

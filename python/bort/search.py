@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -227,22 +228,40 @@ def choose(evaluated: Sequence[Evaluated], rule: str = "w",
     raise ConfigError(f"unknown rule {rule!r} (choose from: w, accurate, fastest)")
 
 
-def measured_speedup(source: Arch, arch: Arch, table: Any) -> float:
-    """Latency of ``source`` over that of ``arch``, both timed end to end in one interleaved run
-    with bort's encoder on random weights, at the latency table's shape, threads and dtype."""
+def random_encoder(arch: Arch, *, threads: int, dtype: str = "fp32") -> Any:
+    """bort's encoder for ``arch`` with random weights: what speed is measured on."""
     from .model import BortModel
     from .runtime import Encoder
-    from .timing import interleaved_ms
 
-    dtype = table.backend.split("-")[1] if table.backend.startswith("bort-") else "fp32"
-    ids = np.random.default_rng(0).integers(0, source.vocab_size, (table.batch, table.seq_len))
-    runners = {}
-    for name, a in (("source", source), ("candidate", arch)):
-        weights = {k: v.numpy() for k, v in BortModel(a).state_dict().items()}
-        encoder = Encoder(a, weights, num_threads=table.threads, dtype=dtype)
-        runners[name] = lambda e=encoder: e(ids)
-    ms = interleaved_ms(runners, rounds=MEASURE_ROUNDS)
-    return ms["source"] / ms["candidate"]
+    weights = {k: v.numpy() for k, v in BortModel(arch).state_dict().items()}
+    return Encoder(arch, weights, num_threads=threads, dtype=dtype)
+
+
+class SpeedupTimer:
+    """Times candidates against the source end to end, each in one interleaved run with bort's
+    encoder on random weights, at the latency table's shape, threads and dtype (the source's
+    encoder is built once)."""
+
+    def __init__(self, source: Arch, table: Any):
+        self.threads = table.threads
+        self.dtype = table.backend.split("-")[1] if table.backend.startswith("bort-") else "fp32"
+        self.ids = np.random.default_rng(0).integers(0, source.vocab_size,
+                                                     (table.batch, table.seq_len))
+        self.source = random_encoder(source, threads=self.threads, dtype=self.dtype)
+
+    def __call__(self, arch: Arch) -> float:
+        """Latency of the source over that of ``arch``."""
+        from .timing import interleaved_ms
+
+        candidate = random_encoder(arch, threads=self.threads, dtype=self.dtype)
+        ms = interleaved_ms({"source": lambda: self.source(self.ids),
+                             "candidate": lambda: candidate(self.ids)}, rounds=MEASURE_ROUNDS)
+        return ms["source"] / ms["candidate"]
+
+
+def measured_speedup(source: Arch, arch: Arch, table: Any) -> float:
+    """Latency of ``source`` over that of ``arch``, timed end to end (`SpeedupTimer`)."""
+    return SpeedupTimer(source, table)(arch)
 
 
 def representatives(candidates: Sequence[Candidate], count: int) -> list[Candidate]:
@@ -263,6 +282,8 @@ def _key(arch: Arch, steps: int) -> str:
 
 #: Interleaved rounds that time a chosen candidate against the source end to end.
 MEASURE_ROUNDS = 30
+#: Candidates near ``min_speedup`` timed end to end to calibrate the latency table.
+CALIBRATION_POINTS = 3
 #: How far above ``min_speedup`` a calibrated prediction must be for a candidate to enter the
 #: pool: about the spread of one model's end-to-end speed-up between runs here (9.08×-9.17×
 #: timed warm, Intel Xeon with AMX).
@@ -392,7 +413,9 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
     arch_t = source.arch
     maximum = Candidate(arch_t, arch_t.params().total, cost(arch_t, config.cost, **options), 0.0)
     candidates = frontier(space, config.epsilon, config.cost, importance, **options)
-    kappa = _calibration(candidates, maximum, config, options, log)
+    timer = (SpeedupTimer(arch_t, options["table"])
+             if config.cost == "latency" and config.min_speedup is not None else None)
+    kappa = _calibration(candidates, maximum, config, timer, log)
     factor = 1.0 if kappa is None else kappa / SPEEDUP_MARGIN
     chosen = _representatives(_allowed(candidates, maximum, config, factor), config)
     surrogate = (_TaskSurrogate(teacher, task, importance, config.seed)
@@ -411,7 +434,7 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
     evaluated = [Evaluated(c.arch, c.params, c.cost, c.error_proxy, errors[id(c)][0],
                            w_coefficient(c.params, c.cost, errors[id(c)][0], maximum.params,
                                          maximum.cost), errors[id(c)][1]) for c in chosen]
-    optimum, speedup = _pick(evaluated, config, arch_t, options, log)
+    optimum, speedup = _pick(evaluated, config, timer, log)
     result = SearchResult(evaluated, optimum, maximum, candidates, predicted,
                           time.perf_counter() - evaluation_start, time.perf_counter() - start,
                           by_w=max(evaluated, key=lambda x: x.w), rule=config.choose,
@@ -422,25 +445,33 @@ def optimal_subarchitecture(source: Any, space: LayerwiseSpace | UniformSpace, c
 
 
 def _calibration(candidates: Sequence[Candidate], maximum: Candidate, config: SearchConfig,
-                 options: dict[str, Any], log: Callable[[str], None] | None) -> float | None:
-    """Measured over predicted speed-up of the candidate the latency table puts nearest
-    ``min_speedup`` (None without a latency cost or that bound). The table adds sublayers timed one
-    at a time, whose weights stay in cache as they do not in a whole model, so it overrates
-    small models: 11.8× predicted for a student measured at 10.1× end to end (Intel Xeon with
-    AMX). Rank 0's value is every rank's."""
-    if config.cost != "latency" or config.min_speedup is None:
+                 timer: SpeedupTimer | None, log: Callable[[str], None] | None) -> float | None:
+    """Measured over predicted speed-up, the median over the `CALIBRATION_POINTS` candidates
+    the latency table puts nearest ``min_speedup`` (None without a latency cost or that bound).
+    The table adds sublayers timed one at a time, whose weights stay in cache as they do not
+    in a whole model, so it overrates small models: 11.8× predicted for a student measured at
+    10.1× end to end (Intel Xeon with AMX); one point alone read 0.73 where the next search's
+    choice measured 0.88 (AMD EPYC Zen 4, a noisy VM). Rank 0's value is every rank's."""
+    if timer is None:
         return None
     mixing = [c for c in candidates if any(x.heads for x in c.arch.layers)] or list(candidates)
-    ref = min(mixing, key=lambda c: abs(math.log(maximum.cost / c.cost / config.min_speedup)))
-    predicted = maximum.cost / ref.cost
-    kappa = [measured_speedup(maximum.arch, ref.arch, options["table"]) / predicted]
+    refs = sorted(mixing, key=lambda c: abs(math.log(maximum.cost / c.cost
+                                                     / config.min_speedup)))
+    ratios = []
+    for ref in refs[:CALIBRATION_POINTS]:
+        predicted = maximum.cost / ref.cost
+        ratios.append(timer(ref.arch) / predicted)
+        if log:
+            log(f"latency table calibration, {ref.arch.describe()}: {predicted:.2f}× "
+                f"predicted, {predicted * ratios[-1]:.2f}× measured end to end")
+    kappa = [statistics.median(ratios)]
     if world()[1] > 1:
         import torch
 
         torch.distributed.broadcast_object_list(kappa, src=0)
     if log:
-        log(f"latency table calibrated on {ref.arch.describe()}: {predicted:.2f}× predicted, "
-            f"{predicted * kappa[0]:.2f}× measured end to end")
+        log(f"latency table calibrated: measured / predicted = {kappa[0]:.3f} (median of "
+            f"{len(ratios)})")
     return kappa[0]
 
 
@@ -473,17 +504,16 @@ def _representatives(pool: list[Candidate], config: SearchConfig) -> list[Candid
     return chosen
 
 
-def _pick(evaluated: list[Evaluated], config: SearchConfig, source: Arch,
-          options: dict[str, Any], log: Callable[[str], None] | None = None
-          ) -> tuple[Evaluated, float | None]:
+def _pick(evaluated: list[Evaluated], config: SearchConfig, timer: SpeedupTimer | None,
+          log: Callable[[str], None] | None = None) -> tuple[Evaluated, float | None]:
     """The optimum under ``config.choose``; with a latency cost and ``min_speedup``, the best
     whose speed-up *measured* end to end reaches it (the table's sum is a prediction)."""
     ranked = choose(evaluated, config.choose, config.within)
-    if config.cost != "latency" or config.min_speedup is None:
+    if timer is None:
         return ranked[0], None
     measured = []
     for x in ranked:
-        measured.append(measured_speedup(source, x.arch, options["table"]))
+        measured.append(timer(x.arch))
         if log:
             log(f"{x.arch.describe()}: {measured[-1]:.2f}× faster than the source end to end")
         if measured[-1] >= config.min_speedup:

@@ -14,14 +14,20 @@ Example:
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 
-__all__ = ["BACK_TO_BACK", "WARMUP", "interleaved_ms", "median_ms", "median_of"]
+__all__ = ["BACK_TO_BACK", "WARMUP", "cpu_model", "cpu_summary", "interleaved_ms", "median_ms",
+           "median_of"]
 
+#: The /proc/cpuinfo flags that decide which kernels can run, as a timing table names them.
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
+             "amx_int8")
 #: Calls of each runner before timing starts (allocators, caches, thread pools warm up).
 WARMUP = 2
 #: Calls of a runner in a row in each round; the last one is timed.
@@ -70,3 +76,28 @@ def median_of(sample: Callable[[], object], *, rounds: int = 5,
     for _ in range(warmup):
         sample()
     return np.median(np.array([sample() for _ in range(rounds)], dtype=np.float64), axis=0)
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's /proc/cpuinfo fields ({} where there is none)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = {}
+    for line in text.split("\n\n", 1)[0].splitlines():
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name (what timing tables and cached latency tables are labelled with)."""
+    return (_cpuinfo().get("model name") or platform.processor() or platform.machine())
+
+
+def cpu_summary() -> str:
+    """The model name and the ISA features kernels are chosen by, for the head of a timing
+    table: e.g. ``AMD EPYC (avx2 fma avx512f avx512_vnni avx512_bf16)``."""
+    flags = set(_cpuinfo().get("flags", "").split())
+    return f"{cpu_model()} ({' '.join(f for f in ISA_FLAGS if f in flags) or 'no flags read'})"

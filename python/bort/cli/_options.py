@@ -54,8 +54,11 @@ def _option(f: Field, hint: Any) -> dict[str, Any]:
     default = _default(f)
     shown = ("on" if default is True else "off" if default is False
              else json.dumps(default) if isinstance(default, (list, dict)) else default)
-    kwargs: dict[str, Any] = {"dest": f.name, "default": default,
-                              "help": f"{f.metadata.get('help', '')} (default: {shown})"}
+    text = f.metadata.get("help", "")
+    # an unset field's help says what unset means ("default: the installed ..."): once is enough
+    if not (default is None and "default" in text):
+        text = f"{text} (default: {'none' if default is None else shown})"
+    kwargs: dict[str, Any] = {"dest": f.name, "default": default, "help": text}
     element, is_list = _kind(hint)
     if element is bool:
         kwargs["action"] = argparse.BooleanOptionalAction
