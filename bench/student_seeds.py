@@ -157,6 +157,10 @@ def main() -> int:
               "measured_speedup": run.result("search")["measured_speedup"],
               "student_settings": run.config.student.as_dict(),
               "teacher_settings": run.config.teacher.as_dict(), **summary,
+              # which test items each model gets right, as 0/1 strings: any other comparison
+              # can be recomputed from the record
+              "correct": {str(s): {arm: "".join("01"[c] for c in per_seed[s][arm]["correct"])
+                                   for arm in ARMS} for s in per_seed},
               "minutes": round((time.perf_counter() - began) / 60, 1),
               "threads": torch.get_num_threads()}
     text = table(summary)

@@ -75,3 +75,22 @@ def test_each_round_calls_every_runner_back_to_back_and_times_the_last() -> None
     calls.clear()
     interleaved_ms(runners, rounds=3, warmup=0, back_to_back=1)
     assert calls == ["a", "b"] * 3
+
+
+def test_the_cpu_label_tells_generations_with_one_model_name_apart(monkeypatch) -> None:
+    """Cached latency tables are keyed by `cpu_model`: a bare 'AMD EPYC' of two generations must
+    not share one, so the family and model numbers are part of the label."""
+    from bort import timing
+
+    def fake(family: str) -> dict[str, str]:
+        return {"model name": "AMD EPYC", "cpu family": family, "model": "2",
+                "flags": "fpu avx2 fma avx512f avx512_bf16"}
+
+    labels = []
+    for family in ("25", "26"):
+        monkeypatch.setattr(timing, "_cpuinfo", lambda family=family: fake(family))
+        labels.append(timing.cpu_model())
+    assert labels == ["AMD EPYC, family 25 model 2", "AMD EPYC, family 26 model 2"]
+    assert timing.cpu_summary() == "AMD EPYC, family 26 model 2 (avx2 fma avx512f avx512_bf16)"
+    monkeypatch.setattr(timing, "_cpuinfo", dict)  # no /proc/cpuinfo: the platform's name
+    assert timing.cpu_model() and "family" not in timing.cpu_model()

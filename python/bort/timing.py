@@ -92,12 +92,19 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (what timing tables and cached latency tables are labelled with)."""
-    return (_cpuinfo().get("model name") or platform.processor() or platform.machine())
+    """The CPU's model name with its family and model numbers (what timing tables and cached
+    latency tables are labelled with): cloud machines often show a bare ``AMD EPYC`` for
+    several generations, which the numbers tell apart (family 25: Zen 3/4, 26: Zen 5), e.g.
+    ``AMD EPYC, family 26 model 2``."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if info.get("cpu family") and info.get("model"):
+        name += f", family {info['cpu family']} model {info['model']}"
+    return name
 
 
 def cpu_summary() -> str:
     """The model name and the ISA features kernels are chosen by, for the head of a timing
-    table: e.g. ``AMD EPYC (avx2 fma avx512f avx512_vnni avx512_bf16)``."""
+    table: e.g. ``AMD EPYC, family 26 model 2 (avx2 fma avx512f avx512_vnni avx512_bf16)``."""
     flags = set(_cpuinfo().get("flags", "").split())
     return f"{cpu_model()} ({' '.join(f for f in ISA_FLAGS if f in flags) or 'no flags read'})"
