@@ -13,9 +13,10 @@ that differences pair):
   over the train split and a transfer sample drawn with that seed); for the run's own seed, the
   run's student itself.
 
-Reports each arm's test accuracy (mean ± sd over seeds), per seed the teacher − student
-difference with its paired bootstrap 95% CI over test items and McNemar's exact test, and the
-difference of the seed-averaged predictions with its CI. Models are selected on dev; the test
+Reports each arm's test accuracy (mean ± sd over seeds), and for teacher − plain, teacher −
+distilled and distilled − plain the difference per seed with its paired bootstrap 95% CI over
+test items and McNemar's exact test, and the difference of the seed-averaged predictions with
+its CI. Models are selected on dev; the test
 split scores each final model once.
 
 Writes bench/results/student_seeds.json and .md; models go under RUN/seeds (a rerun resumes).
@@ -46,6 +47,9 @@ from bort.tokenize import load_tokenizer
 
 RESULTS = Path(__file__).parent / "results" / "student_seeds"
 ARMS = ("teacher", "plain", "distilled")
+#: The paired differences reported: the teacher's lead over each student, and what task
+#: distillation adds over plain fine-tuning of the same student.
+PAIRS = (("teacher", "plain"), ("teacher", "distilled"), ("distilled", "plain"))
 
 
 def parse_args() -> argparse.Namespace:
@@ -105,13 +109,13 @@ def summarise(per_seed: dict[int, dict]) -> dict:
                      "sd": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                      "per_seed": dict(zip(map(str, per_seed), scores))}
     gaps = {}
-    for student in ("plain", "distilled"):
-        gaps[student] = {
-            "per_seed": {str(s): compare(correct["teacher"][i], correct[student][i])
+    for a, b in PAIRS:
+        gaps[f"{a} − {b}"] = {
+            "per_seed": {str(s): compare(correct[a][i], correct[b][i])
                          for i, s in enumerate(per_seed)},
             # every item's correctness averaged over seeds, then paired over items
-            "seed_averaged": compare(correct["teacher"].mean(0), correct[student].mean(0))}
-    return {"arms": arms, "teacher_minus": gaps}
+            "seed_averaged": compare(correct[a].mean(0), correct[b].mean(0))}
+    return {"arms": arms, "differences": gaps}
 
 
 def table(summary: dict) -> str:
@@ -122,13 +126,13 @@ def table(summary: dict) -> str:
     for arm, a in summary["arms"].items():
         lines.append(f"| {arm} | {a['mean']:.4f} ± {a['sd']:.4f} | "
                      + " | ".join(f"{v:.4f}" for v in a["per_seed"].values()) + " |")
-    lines += ["", "| teacher − student | seed | points [95% CI] | McNemar p |", "|---|---|---|---|"]
-    for student, g in summary["teacher_minus"].items():
+    lines += ["", "| difference | seed | points [95% CI] | McNemar p |", "|---|---|---|---|"]
+    for name, g in summary["differences"].items():
         rows = [*g["per_seed"].items(), ("mean", g["seed_averaged"])]
         for seed, c in rows:
             b = c["bootstrap"]
             p = f"{c['mcnemar']['p_value']:.3g}" if "mcnemar" in c else "—"
-            lines.append(f"| {student} | {seed} | {pts * b['difference']:+.1f} "
+            lines.append(f"| {name} | {seed} | {pts * b['difference']:+.1f} "
                          f"[{pts * b['low']:+.1f}, {pts * b['high']:+.1f}] | {p} |")
     return "\n".join(lines)
 
