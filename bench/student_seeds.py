@@ -16,8 +16,7 @@ that differences pair):
 Reports each arm's test accuracy (mean ± sd over seeds), and for teacher − plain, teacher −
 distilled and distilled − plain the difference per seed with its paired bootstrap 95% CI over
 test items and McNemar's exact test, and the difference of the seed-averaged predictions with
-its CI. Models are selected on dev; the test
-split scores each final model once.
+its CI. Models are selected on dev; the test split scores each final model once.
 
 Writes bench/results/student_seeds.json and .md; models go under RUN/seeds (a rerun resumes).
 
