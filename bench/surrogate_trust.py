@@ -39,7 +39,7 @@ from bort.finetune import finetune
 from bort.io import write_json, write_text
 from bort.metrics import kendall_tau, spearman
 from bort.model import BortModel
-from bort.pipeline import Run, open_run
+from bort.pipeline import STUDENT_ARM, Run, open_run
 from bort.search import Candidate, _finished, _key, _TaskSurrogate, representatives
 from bort.timing import cpu_summary
 
@@ -99,9 +99,12 @@ def surrogate_errors(run: Run, archs: list[Arch], log) -> list[float]:
 
 def full_recipe(run: Run, arch: Arch, work: Path, seeds: list[int], log) -> list[float]:
     """Dev accuracy of ``arch`` after extraction, general distillation and task distillation
-    with each seed (finished models are reused)."""
+    with each seed (finished models are reused; the run's own choice reuses the run's general
+    distillation, and its task distillation at the run's seed, which are the same training)."""
     teacher = BortModel.from_pretrained(run.result("teacher")["model"])
-    general = work / "distill" / "student"
+    chosen = arch == Arch.from_config(run.result("search")["arch"])
+    general = (Path(run.result("distill")["model"]) if chosen and run.done("distill")
+               else work / "distill" / "student")
     if not (general / "config.json").is_file():
         student = extract(run.source(), arch, importance=run.importance())
         distill(run.source(), student, run.corpus(), work / "distill",
@@ -110,6 +113,8 @@ def full_recipe(run: Run, arch: Arch, work: Path, seeds: list[int], log) -> list
     task, dev = run.task(), []
     for seed in seeds:
         out = work / f"seed-{seed}"
+        if chosen and seed == run.config.seed and run.done("finetune"):
+            out = Path(run.result("finetune")[STUDENT_ARM]["model"]).parent
         if not (out / "metrics.json").is_file():
             config = replace(run.config.stage("student"), seed=seed)
             finetune(copy.deepcopy(BortModel.from_pretrained(general)), task, out, config,

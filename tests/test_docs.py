@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module", ["bort", "bort.arch", "bort.model", "bort.space", "bort.search",
-                                    "bort.runtime"])
+                                    "bort.runtime", "bort.agora_style"])
 def test_docstring_examples(module: str) -> None:
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

@@ -4,6 +4,7 @@ CLI, on real Rotten Tomatoes sentences with all-MiniLM-L6-v2."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 
 from bort.augment import EmbeddingNeighbours, SpanSwap, Synonyms, TokenDropout, nn_radius
 from bort.cli import main
+from bort.config import AgoraConfig
 from bort.data import Task, load_task
 from bort.errors import BortError, ConfigError
 from bort.extract import extract, magnitude_importance, target_arch
@@ -322,7 +324,7 @@ def test_cli_agora_on_text(minilm_dir, rt_dir, teacher_dir, tmp_path, capsys):
     student = tmp_path / "student"
     small(minilm_dir, 2).save_pretrained(student)
     args = ["finetune", str(student), "--task", str(rt_dir), "--out", str(tmp_path / "agora"),
-            "--agora", "--teacher", str(teacher_dir / "model"), "--lrs", "2e-4", "1e-4",
+            "--agora", "paper", "--teacher", str(teacher_dir / "model"), "--lrs", "2e-4", "1e-4",
             "--epochs", "1", "--seq-len", "48", "--per-point", "2",
             "--generators", "embedding", "dropout"]
     assert main(args) == 0
@@ -337,6 +339,49 @@ def test_cli_agora_on_text(minilm_dir, rt_dir, teacher_dir, tmp_path, capsys):
     # a rerun resumes: nothing is trained again
     assert main(args) == 0
     assert json.loads((tmp_path / "agora" / "metrics.json").read_text())["rounds"] == rounds
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("selection", ["halves", "kfold"])
+def test_bort_agora_on_text(minilm_dir, rt_dir, teacher_dir, tmp_path, selection):
+    """bort's Agora end to end on a small task: every arm from one task-distilled student,
+    test scored once per arm, the arm best on the selection data shipped, random matching
+    Agora's counts, and a rerun that trains nothing."""
+    from bort.agora_style import finetune_rounds
+
+    task = load_task(rt_dir)
+    transfer = load_task("rotten_tomatoes", seed=0).train.texts[-300:]
+    config = FinetuneConfig(lr=2e-4, epochs=1, batch_size=16, seq_len=48)
+    agora = AgoraConfig(thetas=[{"lr": 1e-4}, {"lr": 5e-5}], round_rows=128, per_point=2,
+                        neighbours=3, confidence=0.5, generators=["embedding", "dropout"],
+                        selection=selection, folds=2)
+    teacher = BortModel.from_pretrained(teacher_dir / "model")
+    record = finetune_rounds(small(minilm_dir), teacher, task, tmp_path, config, agora,
+                             transfer=transfer, log=None)
+    arms = record["arms"]
+    assert set(arms) == {"distilled", "agora", "random", "distill"}
+    assert record["shipped"] == max(arms, key=lambda a: arms[a]["selection"])
+    assert all(len(a["test_correct"]) == 120 for a in arms.values())
+    assert all(abs(a["test"]["accuracy"] - a["test_correct"].count("1") / 120) < 1e-9
+               for a in arms.values())
+    assert record["pool"] == 300 and record["teacher_selection"] > 2 / 3
+    if selection == "halves":
+        assert (record["generation"], record["selection_rows"]) == (60, 60)
+    else:
+        assert (tmp_path / "folds" / "fold-1" / "model" / "config.json").is_file()
+        assert all(e["mistakes"] <= 320 for e in arms["agora"]["rounds"])
+    for a, b in zip(arms["agora"]["rounds"], arms["random"]["rounds"]):
+        assert (b["edits"], b["retrieved"]) == (a["edits"], a["retrieved"])
+    assert arms["agora"]["added"] == sum(e["edits"] + e["retrieved"]
+                                         for e in arms["agora"]["rounds"])
+    assert all(e["train_rows"] == 128 for a in ("agora", "random", "distill")
+               for e in arms[a]["rounds"])
+    assert (tmp_path / "model" / "config.json").is_file()
+    again = finetune_rounds(small(minilm_dir), teacher, task, tmp_path, config, agora,
+                            transfer=transfer, log=None)
+    assert all(again["arms"][a]["train_steps"] == 0 for a in ("agora", "random", "distill"))
+    assert {a: v["test"] for a, v in again["arms"].items()} == {
+        a: v["test"] for a, v in arms.items()}
 
 
 def test_augmented_copies_join_the_distillation_set(minilm_dir, rt_dir, teacher_dir, tmp_path,
@@ -407,14 +452,23 @@ def test_cli_task_distillation_with_transfer_hits_the_teacher_cache(minilm_dir, 
     assert "--transfer needs --teacher" in capsys.readouterr().err
 
 
-def test_cli_agora_rejects_a_weak_teacher(minilm_dir, rt_dir, tmp_path, capsys):
+@pytest.mark.parametrize("variant, message", [
+    ([], "the teacher scores .* on the selection data"), (["paper"], "teacher's dev accuracy")])
+def test_cli_agora_rejects_a_weak_teacher_or_no_pool(minilm_dir, rt_dir, teacher_dir,
+                                                     tmp_path, capsys, variant, message):
     weak = with_head(small(minilm_dir), load_task(rt_dir))
     weak.save_pretrained(tmp_path / "weak")  # an untrained head: about chance
     small(minilm_dir).save_pretrained(tmp_path / "student")
     code = main(["finetune", str(tmp_path / "student"), "--task", str(rt_dir), "--out",
-                 str(tmp_path / "o"), "--agora", "--teacher", str(tmp_path / "weak")])
+                 str(tmp_path / "o"), "--agora", *variant, "--teacher", str(tmp_path / "weak")])
     assert code == 1
-    assert "teacher's dev accuracy" in capsys.readouterr().err
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "o" / "distilled").exists()  # nothing trained before the check
+    if not variant:  # bort's Agora retrieves from the transfer pool: none given
+        code = main(["finetune", str(tmp_path / "student"), "--task", str(rt_dir), "--out",
+                     str(tmp_path / "o"), "--agora", "--teacher", str(teacher_dir / "model")])
+        assert code == 1 and "transfer pool, which is empty" in capsys.readouterr().err
+        assert not (tmp_path / "o" / "distilled").exists()
     assert main(["finetune", str(tmp_path / "student"), "--task", str(rt_dir), "--out",
                  str(tmp_path / "o"), "--agora"]) == 1
     assert "--agora needs --teacher" in capsys.readouterr().err

@@ -169,18 +169,37 @@ def _points_from(arrays: dict[str, np.ndarray], kind: str | None, path: Path) ->
                    arrays["point_labels"])
 
 
-def _read_points(path: Path, count: int) -> Labelled:
-    """The first ``count`` added points and their labels. The file may hold more: those of a
-    round that stopped after writing its points but before its state."""
+def read_points_file(path: Path, state_file: str) -> tuple[str | None, dict[str, np.ndarray]]:
+    """The kind of points and the arrays of an Agora points file (CheckpointError naming an
+    unreadable one, which ``state_file`` counts)."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "np") as f:
             kind, names = (f.metadata() or {}).get("kind"), f.keys()
-            arrays = {k: f.get_tensor(k) for k in names}
+            return kind, {k: f.get_tensor(k) for k in names}
     except (OSError, SafetensorError) as e:
         raise CheckpointError(f"{path}: unreadable Agora points ({e}); delete it and "
-                              f"{STATE_FILE} to restart") from None
+                              f"{state_file} to restart") from None
+
+
+def read_state_file(path: Path, fmt: int, keys: Sequence[str], what: str) -> dict:
+    """The JSON state at ``path``: a dict of format ``fmt`` with ``keys`` (CheckpointError
+    naming a damaged file, or one that is not ``what``)."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or JSON
+        raise CheckpointError(f"{path}: unreadable Agora state ({e}); delete it to "
+                              "restart") from None
+    if not isinstance(state, dict) or state.get("format") != fmt or not set(keys) <= state.keys():
+        raise CheckpointError(f"{path}: not {what}")
+    return state
+
+
+def _read_points(path: Path, count: int) -> Labelled:
+    """The first ``count`` added points and their labels. The file may hold more: those of a
+    round that stopped after writing its points but before its state."""
+    kind, arrays = read_points_file(path, STATE_FILE)
     points, labels = _points_from(arrays, kind, path), arrays.get("labels")
     if labels is None or len(labels) != size(points) or len(labels) < count:
         raise CheckpointError(f"{path}: holds {size(points)} points and "
@@ -201,14 +220,7 @@ def _load_state(out: Path) -> dict | None:
                                   f"version, which this one cannot read; delete it and {out} / "
                                   "best to restart")
         return None
-    try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:  # ValueError: bad UTF-8 or JSON
-        raise CheckpointError(f"{path}: unreadable Agora state ({e}); delete it to "
-                              "restart") from None
-    if (not isinstance(state, dict) or state.get("format") != _FORMAT
-            or not set(_STATE_KEYS) <= state.keys()):
-        raise CheckpointError(f"{path}: not an Agora state file")
+    state = read_state_file(path, _FORMAT, _STATE_KEYS, "an Agora state file")
     count = state.pop("added_points")
     state["added"] = _read_points(out / POINTS_FILE, count) if count else None
     return state

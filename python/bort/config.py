@@ -329,6 +329,20 @@ class AgoraConfig(Settings):
     seed: int = setting(0, "seed of the fits and the generators")
     augment: bool = setting(True, "add the new points (false: the same loop and compute "
                             "without them, the fair plain baseline)", cli=False)
+    # bort's Agora-style rounds (bort.agora_style); the paper's loop reads the settings above
+    selection: str = setting("halves", "where bort's Agora seeks mistakes without touching the "
+                             "data that selects: 'halves' (dev split into a generation and a "
+                             "selection half) or 'kfold' (out-of-fold mistakes on train)",
+                             choices=("halves", "kfold"))
+    folds: int = setting(3, "folds of the k-fold cross-fitting", minimum=2)
+    neighbours: int = setting(8, "real pool sentences retrieved per mistake, nearest in the "
+                              "teacher's pooled-vector space", minimum=0)
+    confidence: float = setting(0.7, "the teacher's top probability a new point needs",
+                                minimum=0, maximum=1)
+    share: float = setting(0.5, "most share of a round's training rows that are added points",
+                           above=0, maximum=1)
+    round_rows: int = setting(3200, "training rows of each round (a replayed sample of the "
+                              "task-distillation set, plus the added points)", minimum=1)
 
     def validate(self) -> None:
         if not self.thetas:

@@ -1,5 +1,7 @@
 """`bort finetune`: fine-tuning on a labelled task, plainly, by task distillation from a
-teacher (``--teacher DIR``, optionally ``--transfer FILE``), or with Agora (``--agora``)."""
+teacher (``--teacher DIR``, optionally ``--transfer FILE``), or with Agora (``--agora``:
+bort's Agora-style rounds with their controls, `bort.agora_style`; ``--agora paper``: the
+paper's loop, `bort.agora`)."""
 
 from __future__ import annotations
 
@@ -32,7 +34,10 @@ def add(parser: argparse.ArgumentParser) -> None:
                         "removed) the teacher labels as extra training data (needs --teacher)")
     add_settings(parser, FinetuneConfig)
     agora = parser.add_argument_group("Agora")
-    agora.add_argument("--agora", action="store_true", help="fine-tune with Agora")
+    agora.add_argument("--agora", nargs="?", const="bort", choices=("bort", "paper"),
+                       help="fine-tune with Agora: bort's Agora-style rounds from the model "
+                       "(task distillation first; agora, random and distillation arms; the "
+                       "pool is the --transfer sentences), or 'paper', the paper's loop")
     agora.add_argument("--lrs", type=float, nargs="+", help="Θ as learning rates, a shorthand "
                        "for --thetas")
     add_settings(parser, AgoraConfig, skip=("seed",))  # one --seed for both
@@ -51,8 +56,9 @@ def check_agora(args: argparse.Namespace) -> AgoraConfig:
     if not args.teacher:
         raise BortError("--agora needs --teacher DIR: a model fine-tuned on the task "
                         "(make one with `bort finetune SOURCE --task ...`)")
-    if args.transfer:
-        raise BortError("--transfer is for task distillation; Agora makes its own new points")
+    if args.transfer and args.agora == "paper":
+        raise BortError("--transfer is for task distillation and bort's Agora; the paper's "
+                        "loop makes its own new points")
     return agora_config(args)
 
 
@@ -75,16 +81,28 @@ def transfer_set(args: argparse.Namespace, task, config: FinetuneConfig) -> list
 
 def run_agora(args: argparse.Namespace, task, model, config: FinetuneConfig,
               agora: AgoraConfig) -> int:
-    from ..agora import finetune_agora
     from ..model import BortModel
 
-    result = finetune_agora(model, BortModel.from_pretrained(args.teacher), task, args.out,
-                            config, agora)
-    for r in result.rounds:
-        print(f"round {r['round']}: dev {r['dev']:.4f}, {r['mistakes']} mistakes, "
-              f"{r['points_added']} points added, test {r['test']:.4f}")
-    print(f"best: round {result.best_round}, dev {result.dev:.4f}, test {task.metric} "
-          f"{result.test:.4f}; model in {args.out / 'model'}")
+    teacher = BortModel.from_pretrained(args.teacher)
+    if args.agora == "paper":
+        from ..agora import finetune_agora
+
+        result = finetune_agora(model, teacher, task, args.out, config, agora)
+        for r in result.rounds:
+            print(f"round {r['round']}: dev {r['dev']:.4f}, {r['mistakes']} mistakes, "
+                  f"{r['points_added']} points added, test {r['test']:.4f}")
+        print(f"best: round {result.best_round}, dev {result.dev:.4f}, test {task.metric} "
+              f"{result.test:.4f}; model in {args.out / 'model'}")
+        return 0
+    from ..agora_style import finetune_rounds
+
+    record = finetune_rounds(model, teacher, task, args.out, config, agora,
+                             transfer=transfer_set(args, task, config))
+    for arm, scores in record["arms"].items():
+        print(f"{arm}: selection {task.metric} {scores['selection']:.4f}, test "
+              f"{scores['test'][task.metric]:.4f}")
+    print(f"shipped: {record['shipped']} (best on the selection data); model in "
+          f"{args.out / 'model'}")
     return 0
 
 
