@@ -613,13 +613,6 @@ def text_rounds_data(teacher, task, tokenizer, config, agora: AgoraConfig,
                           data["test"], folds, {**record, "folds": agora.folds})
 
 
-def _correct(model, data) -> str:
-    """Which rows of ``data`` the model gets right, as a string of 0s and 1s."""
-    from .finetune import predict
-
-    return "".join("1" if ok else "0" for ok in predict(model, data).argmax(1) == data.labels)
-
-
 def _check_text(model, task, arms: Sequence[str]) -> None:
     if task.regression:
         raise ConfigError(f"{task.name}: Agora needs a classification task")
@@ -703,9 +696,9 @@ def finetune_rounds(model, teacher, task, out: str | Path, config=None,
             "train_steps": problem.steps - spent})  # a resumed arm counts only this run's
     record = {"task": task.name, "metric": task.metric, **data.record, "arms": {}}
     for name, (final, score, extra) in finals.items():  # the test split, once per arm
-        test, _ = evaluate(final, data.test)
-        record["arms"][name] = {"selection": score, "test": test,
-                                "test_correct": _correct(final, data.test), **extra}
+        test, pred = evaluate(final, data.test)
+        record["arms"][name] = {"selection": score, "test": test, "test_correct": "".join(
+            "01"[int(ok)] for ok in pred == data.test.labels), **extra}
     record["shipped"] = shipped = max(finals, key=lambda name: finals[name][1])  # first best
     task.write_split(out)
     finals[shipped][0].save_pretrained(out / "model", card={
