@@ -74,7 +74,8 @@ def one_seed(run: Run, seed: int, work: Path, test) -> dict:
     models = {"teacher": BortModel.from_pretrained(run.teacher_dir(seed) / "model")}
     models["plain"] = trained(work / "plain", lambda out: finetune(
         copy.deepcopy(student), task, out, config, log=None, progress=False))
-    if seed == run.config.seed and run.done("finetune"):  # the run's own student is this arm
+    if (seed == run.config.seed and run.done("finetune")  # the run's own student is this arm
+            and "agora" not in run.result("finetune")):  # (unless selected on half of dev)
         models["distilled"] = BortModel.from_pretrained(run.result("finetune")["distilled"]
                                                         ["model"])
     else:

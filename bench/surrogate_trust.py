@@ -113,7 +113,8 @@ def full_recipe(run: Run, arch: Arch, work: Path, seeds: list[int], log) -> list
     task, dev = run.task(), []
     for seed in seeds:
         out = work / f"seed-{seed}"
-        if chosen and seed == run.config.seed and run.done("finetune"):
+        if (chosen and seed == run.config.seed and run.done("finetune")
+                and "agora" not in run.result("finetune")):  # else selected on half of dev
             out = Path(run.result("finetune")[STUDENT_ARM]["model"]).parent
         if not (out / "metrics.json").is_file():
             config = replace(run.config.stage("student"), seed=seed)

@@ -65,7 +65,7 @@ def point_run(base: Run, bound: float) -> Run:
     """The run at speed-up bound ``bound``: finished here unless an earlier call finished it."""
     if bound == base.config.search.min_speedup:
         return base
-    config = base.config.updated({"name": f"{base.config.name}-x{bound:g}",
+    config = base.config.updated({"name": f"{base.config.name}-x{bound:g}", "agora_arms": False,
                                   "search": {"min_speedup": bound}})
     journal = base.dir / "search" / "evaluated.jsonl"
     copy = Path(config.out) / config.name / "search" / journal.name
@@ -87,16 +87,19 @@ def latencies(source: Arch, students: dict[str, Arch], threads: int, seq_len: in
     return interleaved_ms(runners, rounds=ROUNDS)
 
 
-def scored(run: Run, test) -> tuple[dict, np.ndarray]:
-    """The run's student: its record and which test items it gets right."""
+def scored(run: Run, dev, test) -> tuple[dict, np.ndarray]:
+    """The run's task-distilled student: its record and which test items it gets right (dev
+    scored here: a run with Agora arms selected it on half of dev, held out all the same)."""
     arm = run.result("finetune")[STUDENT_ARM]
     model = BortModel.from_pretrained(arm["model"]).eval()
+    metric = run.task().metric
+    dev_metrics, _ = evaluate(model, dev)
     metrics, pred = evaluate(model, test)
     search = run.result("search")
     return ({"bound": run.config.search.min_speedup, "run": str(run.dir),
              "arch": search["describe"], "params": search["params"],
-             "search_speedup": search["measured_speedup"], "dev": arm["dev"],
-             "test": metrics[run.task().metric]}, pred == test.labels)
+             "search_speedup": search["measured_speedup"], "dev": dev_metrics[metric],
+             "test": metrics[metric]}, pred == test.labels)
 
 
 def ends(points: list[dict], teacher_dev: float, bound: float, within: float) -> dict:
@@ -165,14 +168,14 @@ def main() -> int:
     bounds = sorted({*args.speedups, base.config.search.min_speedup})
     runs = {f"≥ {b:g}×": point_run(base, b) for b in bounds}
     seq_len = base.config.student.seq_len
-    test = encode_split(load_tokenizer(base.result("teacher")["model"], seq_len),
-                        base.task().test, seq_len)
+    tokenizer = load_tokenizer(base.result("teacher")["model"], seq_len)
+    dev, test = (encode_split(tokenizer, getattr(base.task(), k), seq_len) for k in ("dev", "test"))
     teacher = BortModel.from_pretrained(base.result("teacher")["model"]).eval()
     t_metrics, t_pred = evaluate(teacher, test)
     t_correct = t_pred == test.labels
     points = []
     for name, run in runs.items():
-        point, correct = scored(run, test)
+        point, correct = scored(run, dev, test)
         point["name"] = name
         point["teacher_minus"] = {
             "bootstrap": paired_bootstrap(t_correct, correct, seed=0),

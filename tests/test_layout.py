@@ -125,7 +125,7 @@ def test_the_same_bad_value_gets_the_same_error_everywhere(argv, message, capsys
     assert main(argv) == 1
     assert message in capsys.readouterr().err
     section, key, value = {"distill": ("distill", "steps", 0),
-                           "finetune": ("finetune", "warmup", 2),
+                           "finetune": ("student", "warmup", 2),
                            "search": ("search", "space", "nope")}[argv[0]]
     cls = {"distill": DistillConfig, "finetune": FinetuneConfig, "search": SearchConfig}[argv[0]]
     with pytest.raises(ConfigError, match=message):

@@ -11,6 +11,27 @@ from bort.cli import main
 from bort.errors import ConfigError
 from bort.pipeline import STAGES, PipelineConfig, open_run, run_pipeline
 
+ARMS = ("distilled", "agora", "random", "distill", "plain")
+
+
+def _check_arms(ft: dict, bort_fp32: float) -> None:
+    """The finetune stage's arms: the same steps where they should be, the shipped one chosen on
+    the selection data alone, and test correctness that adds up to each arm's test score."""
+    assert all(ft[arm]["train_steps"] > 0 for arm in ARMS)
+    # every Agora arm starts from the task-distilled student and takes the same steps per fit
+    assert ft["random"]["train_steps"] == ft["distill"]["train_steps"] > 0
+    assert [r["round"] for r in ft["agora"]["rounds"]][:1] == [1]
+    # the shipped arm is the one best on the selection data (the first best on a tie), and it
+    # is the model exported and benchmarked
+    best = max(ft[arm]["selection"] for arm in ARMS)
+    assert ft["shipped"] == next(arm for arm in ARMS if ft[arm]["selection"] == best)
+    assert ft["data"]["selection"] == "halves" and ft["data"]["selection_rows"] == 80
+    assert bort_fp32 == pytest.approx(ft[ft["shipped"]]["test"]["accuracy"], abs=0.02)
+    for arm in ARMS:
+        correct = ft[arm]["test_correct"]
+        assert len(correct) == 160
+        assert correct.count("1") / 160 == pytest.approx(ft[arm]["test"]["accuracy"])
+
 
 @pytest.mark.slow
 def test_quick_pipeline_interrupted_then_resumed(tmp_path, monkeypatch):
@@ -45,14 +66,15 @@ def test_quick_pipeline_interrupted_then_resumed(tmp_path, monkeypatch):
     assert all(record[s]["seconds"] == first[s]["seconds"] for s in first)
 
     text = report.read_text()
-    for part in ("## Accuracy on the test split", "student, Agora", "teacher (source",
+    for part in ("## Accuracy on the test split", "student, bort's Agora", "(shipped)",
+                 "student, random points", "student, plain fine-tuning", "teacher (source",
                  "## The student under bort's runtime", "| int8 |", "bort-fp32"):
         assert part in text
     accuracy = record["bench"]["accuracy"]
     assert set(accuracy) == {"fp32", "bf16", "int8"}
     assert abs(accuracy["fp32"]["accuracy"] - accuracy["int8"]["accuracy"]) < 0.05
     ft = record["finetune"]
-    assert ft["agora"]["train_steps"] > 0 and ft["plain"]["train_steps"] > 0
+    _check_arms(ft, accuracy["fp32"]["accuracy"])
     assert record["teacher"]["dev"]["accuracy"] > 2 / 3
     for png in ("search/front.png", "curves.png", "bench/latency.png"):
         assert (run_dir / png).stat().st_size > 1000
@@ -64,9 +86,9 @@ def test_quick_pipeline_interrupted_then_resumed(tmp_path, monkeypatch):
         monkeypatch.setitem(pipeline._STAGE_FUNCS, stage, func)
     run_pipeline(config, redo="finetune", log=lambda m: None)
     again = json.loads((run_dir / "pipeline.json").read_text())["stages"]
-    for arm in ("agora", "plain"):
+    for arm in ARMS:
         assert again["finetune"][arm]["test"] == ft[arm]["test"]
-        assert again["finetune"][arm]["rounds"] == ft[arm]["rounds"]
+    assert again["finetune"]["agora"]["rounds"] == ft["agora"]["rounds"]
     assert again["bench"]["accuracy"]["int8"]["accuracy"] == accuracy["int8"]["accuracy"]
 
 
@@ -103,7 +125,8 @@ def test_quick_embedding_pipeline(tmp_path):
     config = PipelineConfig.quick(out=str(tmp_path), name="emb", task="embedding")
     report = run_pipeline(config, log=lambda m: None).read_text()
     record = json.loads((tmp_path / "emb" / "pipeline.json").read_text())["stages"]
-    assert record["teacher"]["embedding"] and set(record["finetune"]) == {"distilled", "seconds"}
+    assert record["teacher"]["embedding"] and set(record["finetune"]) == {
+        "distilled", "shipped", "model", "seconds"}
     student = record["finetune"]["distilled"]
     assert student["passages"] == {"train": 480, "dev": 160, "test": 160}
     assert 0.5 < student["test"]["cosine"] <= 1 and 0 < student["test"]["recall@10"] <= 1

@@ -44,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,7 +70,7 @@ from .io import save_safetensors, write_json
 from .metrics import accuracy
 
 __all__ = ["ARMS", "RoundsData", "RoundsProblem", "RoundsResult", "Rows", "agora_rounds",
-           "confident", "nearest"]
+           "confident", "finetune_rounds", "gold_task", "nearest"]
 
 ARMS = ("agora", "random", "distill")
 STATE_FILE = "rounds-state.json"
@@ -555,6 +556,19 @@ def dev_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return gen, sel
 
 
+def gold_task(task, agora: AgoraConfig):
+    """``task`` as the gold data every arm sees: under dev halves the train split plus the
+    generation half, with the selection half as dev; under k-fold the task itself (a plain
+    fine-tuning control trains on it and is selected on the same data as the arms)."""
+    from dataclasses import replace
+
+    if agora.selection != "halves":
+        return task
+    gen, sel = dev_halves(task.dev.labels, agora.seed)
+    return replace(task, train=task.train.concat(task.dev.subset(gen)),
+                   dev=task.dev.subset(sel))
+
+
 @dataclass
 class TextRoundsData:
     """What `text_rounds_data` makes of a task: each arm's `RoundsData` (the controls' and
@@ -632,19 +646,17 @@ def _starts(model, teacher, task, out: Path, config, agora: AgoraConfig, transfe
     train rows), each trained once under ``out`` and reused."""
     from dataclasses import replace
 
-    from .finetune import finetune, with_head
+    from .finetune import finetune
     from .model import BortModel
 
     def distilled(directory: Path, rows_task) -> BortModel:
         if not (directory / "metrics.json").is_file():
-            finetune(with_head(model, task), rows_task, directory, config, teacher=teacher,
+            finetune(model, rows_task, directory, config, teacher=teacher,  # seeds the head
                      transfer=transfer, resume=True, log=log, progress=False)
         return BortModel.from_pretrained(directory / "model")
 
-    if folds is None:
-        selecting = replace(task, dev=task.dev.subset(dev_halves(task.dev.labels,
-                                                                 agora.seed)[1]))
-        return distilled(out / "distilled", selecting), None
+    if folds is None:  # the generation half is for mistakes, not for the start to learn
+        return distilled(out / "distilled", replace(task, dev=gold_task(task, agora).dev)), None
     return distilled(out / "distilled", task), [
         distilled(out / "folds" / f"fold-{j}", replace(task, train=task.train.subset(
             np.flatnonzero(folds[:len(task.train)] != j)))) for j in range(agora.folds)]
@@ -683,8 +695,10 @@ def finetune_rounds(model, teacher, task, out: str | Path, config=None,
         np.concatenate(first.seeds.X.ids))), config, metric=task.metric)
     start, folds = _starts(model, teacher, task, out, config, agora, transfer, data.folds, log)
     metric = _task_metric(task)
+    steps = json.loads((out / "distilled" / "metrics.json").read_text())["steps"]
     finals = {"distilled": (start, float(metric(problem.logits(start, first.select.X)
-                                                .argmax(1), first.select.gold)), {})}
+                                                .argmax(1), first.select.gold)),
+                            {"train_steps": steps})}
     for arm in arms:
         spent = problem.steps
         result = agora_rounds(problem, start, data.arms[arm], agora, arm,

@@ -159,6 +159,13 @@ class Split:
         return Split([self.texts[i] for i in index], self.labels[index],
                      [self.pairs[i] for i in index] if self.pairs is not None else None)
 
+    def concat(self, other: Split) -> Split:
+        """This split's rows, then ``other``'s."""
+        if (self.pairs is None) != (other.pairs is None):
+            raise DataError("cannot join a split of sentence pairs with one of single texts")
+        return Split(self.texts + other.texts, np.concatenate([self.labels, other.labels]),
+                     self.pairs + other.pairs if self.pairs is not None else None)
+
 
 @dataclass
 class Task:

@@ -379,6 +379,8 @@ class FinetuneResult:
     test: dict[str, float] | None = None
     steps: int = 0
     history: dict[str, list] = field(default_factory=dict)
+    #: the selected model's prediction per test item (class ids, or values for regression)
+    test_predictions: np.ndarray | None = None
 
 
 class _Run:
@@ -675,7 +677,7 @@ def finetune(model: BortModel, task: Task, out: str | Path,
                     if teacher is not None else (None, {}))
     result = train(model, data["train"], data["dev"], config, metric=task.metric, out=out,
                    resume=resume, log=log, progress=progress, teacher=soft)
-    result.test, _ = evaluate(result.model, data["test"])
+    result.test, result.test_predictions = evaluate(result.model, data["test"])
     if is_main():
         _write_results(out, task, config, result, record)
     return result

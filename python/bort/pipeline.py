@@ -11,8 +11,9 @@ finishes; a rerun skips finished stages and resumes an interrupted one from its 
 3. ``extract``  the chosen architecture initialised from the source's weights;
 4. ``distill``  distillation from the source on the corpus;
 5. ``finetune`` the student: task distillation from the teacher's soft labels over the train
-   split and unlabelled in-domain text (``[student]``); beside it Agora over Θ and its plain
-   control (the same loop and compute, no new points);
+   split and unlabelled in-domain text (``[student]``), then bort's Agora from it beside its
+   random and distillation controls (``[agora]``, `bort.agora_style`) and plain fine-tuning;
+   the arm best on the selection data (the half of dev no arm trained on) is shipped;
 6. ``export``   ONNX files of the source and the student;
 7. ``bench``    latency of source and student under torch, ONNX Runtime and bort (fp32, bf16,
    int8), and the student's test accuracy in each bort dtype;
@@ -69,7 +70,8 @@ NEEDS = {"search": ("teacher",), "extract": ("search",), "distill": ("extract",)
          "report": ("teacher", "search", "distill", "finetune", "bench")}
 #: Stages whose results live outside the run directory (the cached teacher) or are only a file.
 _KEEP_ON_REDO = ("teacher", "report")
-#: The fine-tuning arm that is exported, benchmarked and shipped: task distillation.
+#: The task-distilled arm: every other arm starts from it, and it is shipped unless another
+#: arm beats it on the selection data.
 STUDENT_ARM = "distilled"
 #: Lines of the corpus held out for the distillation loss.
 HELD_OUT = 0.002
@@ -103,12 +105,13 @@ class PipelineConfig(Settings):
                                     minimum=1)
     max_eval: int | None = setting(None, "cap on the dev and test splits", minimum=1)
     out: str = setting("runs", "runs directory")
-    plain_baseline: bool = setting(True, "also run the plain arm: the same loop and compute "
-                                   "as Agora, no new points")
+    plain_baseline: bool = setting(True, "beside Agora, also fine-tune the student without the "
+                                   "teacher (cross-entropy on the same gold data)")
     teacher: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         epochs=2.0, seq_len=64, evals_per_epoch=2))
-    agora_arms: bool = setting(False, "also run Agora and its plain control next to the "
-                               "task-distilled student (about 10 more minutes)")
+    agora_arms: bool = setting(True, "run bort's Agora and its random and distillation "
+                               "controls from the task-distilled student, and ship the arm best "
+                               "on the selection data (false: task distillation only)")
     search: SearchConfig = field(default_factory=lambda: SearchConfig(
         representatives=10, steps=60, rungs=2, cost="latency", min_speedup=10.0,
         choose="accurate"))
@@ -119,8 +122,6 @@ class PipelineConfig(Settings):
     student: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
         lr=2e-4, epochs=2.0, seq_len=64, evals_per_epoch=2, patience=3, transfer_limit=60000,
         freeze_word_embeddings=True))
-    finetune: FinetuneConfig = field(default_factory=lambda: FinetuneConfig(
-        epochs=1.5, seq_len=64, evals_per_epoch=2))
     agora: AgoraConfig = field(default_factory=lambda: AgoraConfig(
         thetas=[{"lr": 2e-4}, {"lr": 1e-4}, {"lr": 5e-5}], max_rounds=3))
     bench: BenchConfig = field(default_factory=_demo_bench)
@@ -145,8 +146,8 @@ class PipelineConfig(Settings):
             "distill": {"steps": 40, "eval_every": 20, "checkpoint_every": 20},
             "student": {"epochs": 1, "batch_size": 16, "evals_per_epoch": 1,
                         "transfer_limit": 480},
-            "finetune": {"epochs": 1, "batch_size": 16, "evals_per_epoch": 1},
-            "agora": {"thetas": [{"lr": 3e-4}, {"lr": 1e-4}], "max_rounds": 2, "per_point": 2},
+            "agora": {"thetas": [{"lr": 3e-4}, {"lr": 1e-4}], "max_rounds": 2, "per_point": 2,
+                      "neighbours": 2, "round_rows": 240},
             "bench": {"lengths": [16, 64], "rounds": 3,
                       "runtimes": ["torch-fp32", "ort-fp32", "bort-fp32", "bort-bf16",
                                    "bort-int8"]},
@@ -377,21 +378,27 @@ def _distill(run: Run) -> dict:
     return {"model": str(out / "student"), "eval_loss": history["eval_loss"]}
 
 
+def _test_correct(pred: np.ndarray, labels: np.ndarray) -> str:
+    """Which test items a model got right, as a string of 0s and 1s (compact in JSON)."""
+    return "".join("01"[int(ok)] for ok in np.asarray(pred) == np.asarray(labels))
+
+
 def _distilled_arm(run: Run, teacher, arm_dir: Path) -> dict:
-    """The shipped student: task distillation from the teacher's soft labels over the train
-    split and unlabelled in-domain text (dev and test near-duplicates removed)."""
+    """Task distillation from the teacher's soft labels over the train split and unlabelled
+    in-domain text (dev and test near-duplicates removed), selected on dev."""
     from .data import default_transfer
     from .finetune import finetune
     from .model import BortModel
 
-    config = run.config.stage("student")
-    texts, transfer = default_transfer(run.task(), config.transfer_limit, run.config.seed)
+    config, task = run.config.stage("student"), run.task()
+    texts, transfer = default_transfer(task, config.transfer_limit, run.config.seed)
     student = BortModel.from_pretrained(run.result("distill")["model"])
-    result = finetune(student, run.task(), arm_dir, config, teacher=teacher, transfer=texts,
+    result = finetune(student, task, arm_dir, config, teacher=teacher, transfer=texts,
                       resume=True, log=run.log)
-    metric = run.task().metric
-    return {"model": str(arm_dir / "model"), "test": result.test, "dev": result.dev[metric],
-            "train_steps": result.steps, "transfer": transfer}
+    return {"model": str(arm_dir / "model"), "test": result.test,
+            "selection": result.dev[task.metric], "train_steps": result.steps,
+            "transfer": transfer,
+            "test_correct": _test_correct(result.test_predictions, task.test.labels)}
 
 
 def _embedding_arm(run: Run, teacher, arm_dir: Path) -> dict:
@@ -409,40 +416,63 @@ def _embedding_arm(run: Run, teacher, arm_dir: Path) -> dict:
             "passages": {"train": len(train), "dev": len(dev), "test": len(test)}}
 
 
-def _agora_arm(run: Run, teacher, arm: str, arm_dir: Path) -> dict:
-    """Agora, or its plain control: the same loop and compute without the new points."""
-    from .agora import finetune_agora
+def _agora_arms(run: Run, teacher) -> dict:
+    """bort's Agora with its random and distillation controls (`bort.agora_style`), all from
+    the task-distilled student, and plain fine-tuning on the same gold data (the student
+    recipe without the teacher); the arm best on the selection data is shipped."""
+    from .agora_style import finetune_rounds, gold_task
+    from .data import default_transfer
+    from .finetune import finetune
+    from .metrics import paired_bootstrap
     from .model import BortModel
 
-    c = run.config
-    student = BortModel.from_pretrained(run.result("distill")["model"])
-    result = finetune_agora(student, teacher, run.task(), arm_dir, c.stage("finetune"),
-                            replace(c.stage("agora"), augment=arm == "agora"), log=run.log)
-    metrics = json.loads((arm_dir / "metrics.json").read_text())
-    return {"model": str(arm_dir / "model"), "test": metrics["test"], "dev": result.dev,
-            "rounds": result.rounds, "train_steps": metrics["train_steps"]}
+    c, task, out = run.config, run.task(), run.dir / "finetune"
+    agora, config = c.stage("agora"), c.stage("student")
+    texts, transfer = default_transfer(task, config.transfer_limit, c.seed)
+    record = finetune_rounds(BortModel.from_pretrained(run.result("distill")["model"]), teacher,
+                             task, out, config, agora, transfer=texts, log=run.log)
+    arms, models = record.pop("arms"), {record["shipped"]: out / "model"}
+    if c.plain_baseline:
+        run.log("finetune: plain (cross-entropy on the arms' gold data, no teacher)")
+        result = finetune(BortModel.from_pretrained(run.result("distill")["model"]),
+                          gold_task(task, agora), out / "plain", config, resume=True,
+                          log=run.log)
+        arms["plain"] = {"selection": result.dev[task.metric], "test": result.test,
+                         "train_steps": result.steps,
+                         "test_correct": _test_correct(result.test_predictions, task.test.labels)}
+        models["plain"] = out / "plain" / "model"
+    shipped = max(arms, key=lambda arm: arms[arm]["selection"])  # first best: distilled
+    base = np.array([int(x) for x in arms["distilled"]["test_correct"]])
+    for arm in arms.values():
+        arm["vs_distilled"] = paired_bootstrap(
+            np.array([int(x) for x in arm["test_correct"]]), base, seed=c.seed)
+    arms["distilled"]["model"] = str(out / "distilled" / "model")
+    return {**arms, "shipped": shipped, "model": str(models[shipped]), "transfer": transfer,
+            "data": {k: v for k, v in record.items() if k != "shipped"}}
 
 
 def _finetune(run: Run) -> dict:
+    """The student's task stage: task distillation, or (``agora_arms``) bort's Agora, its
+    controls and plain fine-tuning beside it; records each arm, the ``shipped`` one and its
+    ``model`` directory."""
     from .model import BortModel
 
     c = run.config
     teacher = BortModel.from_pretrained(run.result("teacher")["model"])
-    arms = [STUDENT_ARM]
-    if c.agora_arms and run.embedding:
-        run.log("finetune: no Agora arms for an embedding student (Agora needs labels)")
+    if run.embedding:
+        if c.agora_arms:
+            run.log("finetune: no Agora arms for an embedding student (Agora needs labels)")
+        arm = _embedding_arm(run, teacher, run.dir / "finetune" / STUDENT_ARM)
     elif c.agora_arms:
-        arms += ["agora", "plain"] if c.plain_baseline else ["agora"]
-    out = {}
-    for arm in arms:
-        run.log(f"finetune: {arm}")
-        arm_dir = run.dir / "finetune" / arm
-        if run.embedding:
-            out[arm] = _embedding_arm(run, teacher, arm_dir)
-        else:
-            out[arm] = (_distilled_arm(run, teacher, arm_dir) if arm == STUDENT_ARM
-                        else _agora_arm(run, teacher, arm, arm_dir))
-    return out
+        return _agora_arms(run, teacher)
+    else:
+        arm = _distilled_arm(run, teacher, run.dir / "finetune" / STUDENT_ARM)
+    return {STUDENT_ARM: arm, "shipped": STUDENT_ARM, "model": arm["model"]}
+
+
+def _shipped(run: Run) -> Path:
+    """The directory of the student the run ships (exported and benchmarked)."""
+    return Path(run.result("finetune")["model"])
 
 
 def _export(run: Run) -> dict:
@@ -451,8 +481,7 @@ def _export(run: Run) -> dict:
 
     out = run.dir / "export"
     files = {}
-    for name, directory in (("source", run.source_dir()),
-                            ("student", run.result("finetune")[STUDENT_ARM]["model"])):
+    for name, directory in (("source", run.source_dir()), ("student", _shipped(run))):
         files[name] = str(export_onnx(BortModel.from_pretrained(directory).eval(),
                                       out / f"{name}.onnx"))
     return {"onnx": files}
@@ -527,7 +556,7 @@ def _bench(run: Run) -> dict:
     from .io import write_text
     from .timing import cpu_summary
 
-    student_dir = Path(run.result("finetune")[STUDENT_ARM]["model"])
+    student_dir = _shipped(run)
     accuracy = (_dtype_embedding(run, student_dir) if run.embedding
                 else _dtype_accuracy(run, student_dir))
     onnx = {k: Path(v) for k, v in run.result("export")["onnx"].items()}
