@@ -7,7 +7,8 @@ The teacher is the source fine-tuned on those N sentences only (selected on thei
 student is the run's generally distilled student (``--run``, default ``runs/demo``). Every arm
 sees the same gold labels:
 
-- plain: cross-entropy on the gold labels, as many steps as task distillation, early-stopped;
+- plain: cross-entropy on the gold labels, as many steps as task distillation, early-stopped
+  with the same patience in steps;
 - distilled: task distillation from the teacher over the train sentences and the pool;
 - agora, random, distill: bort's Agora (`bort.agora_style`, k-fold: out-of-fold mistakes on
   train, all of dev selecting) from the distilled student; random, as many teacher-labelled
@@ -123,8 +124,11 @@ def one(run: Run, n: int, seed: int, work: Path, log) -> dict:
     plain_dir = work / "plain"
     if not (plain_dir / "metrics.json").is_file():  # as many steps as task distillation
         epochs = steps * config.batch_size / len(task.train)
+        # over N sentences an epoch is a few steps: patience in distillation's evaluations,
+        # else plain stops after ~40 steps still at chance (seen at N = 500)
+        patience = PATIENCE * -(-epochs // config.epochs)
         finetune(BortModel.from_pretrained(run.result("distill")["model"]), task, plain_dir,
-                 replace(config, epochs=epochs, patience=PATIENCE), resume=True, log=None,
+                 replace(config, epochs=epochs, patience=int(patience)), resume=True, log=None,
                  progress=False)
     record("plain", BortModel.from_pretrained(plain_dir / "model"))
     return out

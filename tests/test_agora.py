@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bort.agora import POINTS_FILE, STATE_FILE, AgoraConfig, agora, prune
@@ -27,10 +28,14 @@ def ring(n: int, rng: np.random.Generator, lo: float = 0.0, hi: float = 2 * math
     return X, (np.sin(2 * theta) > 0).astype(np.int64)
 
 
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
+                         nn.Linear(64, 2))
+
+
 def mlp_fit(X: np.ndarray, y: np.ndarray, lr: float, steps: int, seed: int) -> nn.Module:
     torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(3, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(),
-                        nn.Linear(64, 2))
+    net = mlp()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
     for _ in range(steps):
@@ -70,10 +75,12 @@ class Torus:
 
     def save(self, model, directory: Path):
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(model, directory / "net.pt")
+        save_file(model.state_dict(), directory / "net.safetensors")
 
     def load(self, directory: Path):
-        return torch.load(directory / "net.pt", weights_only=False)
+        net = mlp()
+        net.load_state_dict(load_file(directory / "net.safetensors"))
+        return net
 
 
 THETAS = [{"lr": 1e-2, "steps": 300}, {"lr": 3e-3, "steps": 300}, {"lr": 1e-3, "steps": 300}]
