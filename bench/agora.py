@@ -42,6 +42,7 @@ from bort.agora_style import finetune_rounds
 from bort.data import stratified_split
 from bort.finetune import finetune
 from bort.io import write_json, write_text
+from bort.metrics import correct_of, correct_string
 from bort.model import BortModel
 from bort.pipeline import Run, open_run
 from bort.timing import cpu_summary
@@ -105,8 +106,7 @@ def one(run: Run, n: int, seed: int, work: Path, log) -> dict:
     def record(arm: str, model: BortModel) -> None:
         metrics, pred = evaluate(model.eval(), test)
         out["arms"][arm] = {"test": metrics["accuracy"],
-                            "correct": "".join("01"[int(p == y)]
-                                               for p, y in zip(pred, test.labels))}
+                            "correct": correct_string(pred, test.labels)}
 
     if teacher_dev > TEACHER_THRESHOLD:
         agora = replace(c.stage("agora"), selection="kfold", seed=seed)
@@ -138,8 +138,8 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     """Per arm mean ± sd over seeds; per pair, per-seed and seed-averaged differences."""
     seeds = list(per_seed)
     arms = [a for a in ARMS if all(a in per_seed[s]["arms"] for s in seeds)]
-    correct = {a: np.asarray([[int(ch) for ch in per_seed[s]["arms"][a]["correct"]]
-                              for s in seeds], float) for a in arms}
+    correct = {a: np.asarray([correct_of(per_seed[s]["arms"][a]["correct"]) for s in seeds],
+                             float) for a in arms}
     summary = {"arms": {}, "differences": {}}
     for a in arms:
         scores = [per_seed[s]["arms"][a]["test"] for s in seeds]

@@ -67,7 +67,7 @@ from .agora import (
 from .config import AgoraConfig
 from .errors import CheckpointError, ConfigError, DataError
 from .io import save_safetensors, write_json
-from .metrics import accuracy
+from .metrics import accuracy, correct_string
 
 __all__ = ["ARMS", "RoundsData", "RoundsProblem", "RoundsResult", "Rows", "agora_rounds",
            "confident", "finetune_rounds", "gold_task", "nearest"]
@@ -711,8 +711,8 @@ def finetune_rounds(model, teacher, task, out: str | Path, config=None,
     record = {"task": task.name, "metric": task.metric, **data.record, "arms": {}}
     for name, (final, score, extra) in finals.items():  # the test split, once per arm
         test, pred = evaluate(final, data.test)
-        record["arms"][name] = {"selection": score, "test": test, "test_correct": "".join(
-            "01"[int(ok)] for ok in pred == data.test.labels), **extra}
+        record["arms"][name] = {"selection": score, "test": test,
+                                "test_correct": correct_string(pred, data.test.labels), **extra}
     record["shipped"] = shipped = max(finals, key=lambda name: finals[name][1])  # first best
     task.write_split(out)
     finals[shipped][0].save_pretrained(out / "model", card={

@@ -13,7 +13,7 @@ from math import exp, lgamma, log
 import numpy as np
 
 __all__ = ["accuracy", "f1", "mcc", "pearson", "spearman", "kendall_tau", "classification_metrics",
-           "regression_metrics", "mcnemar", "paired_bootstrap"]
+           "regression_metrics", "mcnemar", "paired_bootstrap", "correct_string", "correct_of"]
 
 #: Resamples of the paired bootstrap, and the confidence level of its interval.
 BOOTSTRAP_ROUNDS, CONFIDENCE = 10_000, 0.95
@@ -103,6 +103,22 @@ def classification_metrics(pred, gold, num_labels: int) -> dict[str, float]:
 
 def regression_metrics(pred, gold) -> dict[str, float]:
     return {"pearson": pearson(pred, gold), "spearman": spearman(pred, gold)}
+
+
+def correct_string(pred, gold) -> str:
+    """Which examples ``pred`` got right, as a string of 0s and 1s (compact in JSON; paired
+    tests between models read it back with `correct_of`).
+
+    Example:
+        >>> correct_string([1, 0, 1], [1, 1, 1])
+        '101'
+    """
+    return "".join("01"[int(ok)] for ok in np.asarray(pred) == np.asarray(gold))
+
+
+def correct_of(correct: str) -> np.ndarray:
+    """The 0/1 array a `correct_string` holds."""
+    return np.array([int(ch) for ch in correct], dtype=np.int64)
 
 
 def mcnemar(correct_a, correct_b) -> dict[str, float]:

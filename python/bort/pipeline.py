@@ -378,16 +378,12 @@ def _distill(run: Run) -> dict:
     return {"model": str(out / "student"), "eval_loss": history["eval_loss"]}
 
 
-def _test_correct(pred: np.ndarray, labels: np.ndarray) -> str:
-    """Which test items a model got right, as a string of 0s and 1s (compact in JSON)."""
-    return "".join("01"[int(ok)] for ok in np.asarray(pred) == np.asarray(labels))
-
-
 def _distilled_arm(run: Run, teacher, arm_dir: Path) -> dict:
     """Task distillation from the teacher's soft labels over the train split and unlabelled
     in-domain text (dev and test near-duplicates removed), selected on dev."""
     from .data import default_transfer
     from .finetune import finetune
+    from .metrics import correct_string
     from .model import BortModel
 
     config, task = run.config.stage("student"), run.task()
@@ -398,7 +394,7 @@ def _distilled_arm(run: Run, teacher, arm_dir: Path) -> dict:
     return {"model": str(arm_dir / "model"), "test": result.test,
             "selection": result.dev[task.metric], "train_steps": result.steps,
             "transfer": transfer,
-            "test_correct": _test_correct(result.test_predictions, task.test.labels)}
+            "test_correct": correct_string(result.test_predictions, task.test.labels)}
 
 
 def _embedding_arm(run: Run, teacher, arm_dir: Path) -> dict:
@@ -423,7 +419,7 @@ def _agora_arms(run: Run, teacher) -> dict:
     from .agora_style import finetune_rounds, gold_task
     from .data import default_transfer
     from .finetune import finetune
-    from .metrics import paired_bootstrap
+    from .metrics import correct_of, correct_string, paired_bootstrap
     from .model import BortModel
 
     c, task, out = run.config, run.task(), run.dir / "finetune"
@@ -439,13 +435,12 @@ def _agora_arms(run: Run, teacher) -> dict:
                           log=run.log)
         arms["plain"] = {"selection": result.dev[task.metric], "test": result.test,
                          "train_steps": result.steps,
-                         "test_correct": _test_correct(result.test_predictions, task.test.labels)}
+                         "test_correct": correct_string(result.test_predictions, task.test.labels)}
         models["plain"] = out / "plain" / "model"
     shipped = max(arms, key=lambda arm: arms[arm]["selection"])  # first best: distilled
-    base = np.array([int(x) for x in arms["distilled"]["test_correct"]])
+    base = correct_of(arms["distilled"]["test_correct"])
     for arm in arms.values():
-        arm["vs_distilled"] = paired_bootstrap(
-            np.array([int(x) for x in arm["test_correct"]]), base, seed=c.seed)
+        arm["vs_distilled"] = paired_bootstrap(correct_of(arm["test_correct"]), base, seed=c.seed)
     arms["distilled"]["model"] = str(out / "distilled" / "model")
     return {**arms, "shipped": shipped, "model": str(models[shipped]), "transfer": transfer,
             "data": {k: v for k, v in record.items() if k != "shipped"}}
