@@ -4,12 +4,16 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
+#include <mutex>
 #include <string>
 #include <utility>
 
 #include "arch.hpp"
 #include "encoder/encoder.hpp"
+#include "encoder/linear.hpp"
 #include "frontier/frontier.hpp"
+#include "gemm/backend.hpp"
 
 namespace py = pybind11;
 
@@ -85,6 +89,13 @@ i64_array token_array(const py::object& obj, const char* name, bool required) {
   return i64_array::ensure(a);
 }
 
+// A numpy array that owns the vector's buffer (no copy of the encoder's output).
+py::array_t<float> as_array(std::vector<float>&& v, std::vector<py::ssize_t> shape) {
+  auto* owned = new std::vector<float>(std::move(v));
+  py::capsule free(owned, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+  return py::array_t<float>(shape, owned->data(), free);
+}
+
 py::dict encoder_forward(const bort::encoder::Encoder& enc, const py::object& ids,
                          const py::object& mask, const py::object& types, bool timed) {
   i64_array input_ids = token_array(ids, "input_ids", true);
@@ -110,14 +121,115 @@ py::dict encoder_forward(const bort::encoder::Encoder& enc, const py::object& id
   }
   const py::ssize_t B = batch.batch, S = batch.seq, H = enc.arch().hidden;
   py::dict result;
-  result["last_hidden_state"] = py::array_t<float>({B, S, H}, out.last_hidden_state.data());
+  result["last_hidden_state"] = as_array(std::move(out.last_hidden_state), {B, S, H});
   if (!out.pooler_output.empty())
-    result["pooler_output"] = py::array_t<float>({B, H}, out.pooler_output.data());
+    result["pooler_output"] = as_array(std::move(out.pooler_output), {B, H});
   if (!out.logits.empty())
-    result["logits"] = py::array_t<float>({B, static_cast<py::ssize_t>(enc.arch().num_labels)},
-                                          out.logits.data());
+    result["logits"] = as_array(std::move(out.logits),
+                                {B, static_cast<py::ssize_t>(enc.arch().num_labels)});
   if (timed) result["sublayer_ms"] = out.sublayer_ms;
   return result;
+}
+
+using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// What runs here (gemm/backend.hpp): ISA, features, and whose GEMM each dtype gets.
+py::dict backend_info() {
+  const bort::gemm::Backend& be = bort::gemm::backend();
+  py::dict gemm, features;
+  const bort::gemm::Type types[] = {bort::gemm::Type::F32, bort::gemm::Type::BF16, bort::gemm::Type::U8S8};
+  for (int t = 0; t < 3; ++t)
+    gemm[kDtypes[t].first] = be.gemm_name(types[t]);
+  features["avx512"] = be.isa == "avx512";
+  features["avx512_bf16"] = be.bf16;
+  features["avx512_vnni"] = be.vnni;
+  features["amx"] = be.amx;
+  py::dict out;
+  out["isa"] = be.isa;
+  out["gemm"] = gemm;
+  out["features"] = features;
+  out["int8_weight_max"] = be.int8_max;
+  out["description"] = be.describe();
+  return out;
+}
+
+// One linear layer through the encoder's own path (conversion, packing, kernels, epilogue): the
+// kernels' reference tests and bench/gemm.py call it. Weights packed once, at construction.
+class PyLinear {
+ public:
+  PyLinear(const f32_array& w, const std::string& dtype, int num_threads) {
+    if (w.ndim() != 2 || w.shape(0) < 1 || w.shape(1) < 1)
+      throw std::invalid_argument("w must be a non-empty (N, K) matrix");
+    if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
+    n_ = w.shape(0);
+    k_ = w.shape(1);
+    const std::vector<float> weights(w.data(), w.data() + n_ * k_);
+    pool_ = std::make_unique<bort::encoder::ThreadPool>(num_threads);
+    layer_ = bort::encoder::Linear(weights, n_, k_, num_threads, parse_dtype(dtype));
+  }
+
+  f32_array call(const f32_array& x, const py::object& bias, const std::string& act,
+                 const py::object& residual) {
+    if (x.ndim() != 2 || x.shape(1) != k_ || x.shape(0) < 1)
+      throw std::invalid_argument("x must be (M, " + std::to_string(k_) + ") with M >= 1");
+    const int64_t M = x.shape(0);
+    using bort::encoder::Act;
+    const std::pair<const char*, Act> acts[] = {{"none", Act::None}, {"gelu", Act::GeluErf},
+                                                {"gelu_tanh", Act::GeluTanh}, {"relu", Act::Relu}};
+    bort::gemm::Epilogue e;
+    bool known = false;
+    for (const auto& [name, a] : acts)
+      if (act == name) e.act = a, known = true;
+    if (!known) throw std::invalid_argument("act must be none, gelu, gelu_tanh or relu");
+    f32_array b, r;
+    if (!bias.is_none()) {
+      b = f32_array::ensure(bias);
+      if (!b || b.ndim() != 1 || b.shape(0) != n_) throw std::invalid_argument("bias must have shape (N,)");
+      e.bias = b.data();
+    }
+    if (e.act != Act::None && !e.bias) throw std::invalid_argument("an activation needs a bias");
+    if (!residual.is_none()) {
+      r = f32_array::ensure(residual);
+      if (!r || r.ndim() != 2 || r.shape(0) != M || r.shape(1) != n_)
+        throw std::invalid_argument("residual must have shape (M, N)");
+      e.residual = r.data();
+      e.ldr = n_;
+    }
+    f32_array y({M, n_});
+    float* out = y.mutable_data();
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(mutex_);  // one scratch
+      layer_(*pool_, x.data(), M, out, scratch_, e);
+    }
+    return y;
+  }
+
+ private:
+  int64_t n_ = 0, k_ = 0;
+  std::unique_ptr<bort::encoder::ThreadPool> pool_;
+  bort::encoder::Linear layer_;
+  bort::encoder::GemmScratch scratch_;
+  std::mutex mutex_;
+};
+
+// Operations per second of the dtype's own kernel instruction in a register-only loop, over
+// about `seconds` (0 where this CPU has no own kernel for it).
+double gemm_peak(const std::string& dtype, double seconds) {
+  const bort::gemm::Type types[] = {bort::gemm::Type::F32, bort::gemm::Type::BF16, bort::gemm::Type::U8S8};
+  const bort::gemm::Kernel& k = bort::gemm::backend().own.get(types[static_cast<int>(parse_dtype(dtype))]);
+  if (!k) return 0.0;
+  py::gil_scoped_release release;
+  float sink = 0;
+  using clock = std::chrono::steady_clock;
+  double best = 0;
+  const auto end = clock::now() + std::chrono::duration<double>(seconds);
+  while (clock::now() < end) {
+    const auto t0 = clock::now();
+    const double ops = k.peak(200000, &sink);
+    best = std::max(best, ops / std::chrono::duration<double>(clock::now() - t0).count());
+  }
+  return best + 0.0f * sink;
 }
 
 }  // namespace
@@ -201,6 +313,20 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("num_threads", &bort::encoder::Encoder::num_threads);
   m.def("encoder_isa", &bort::encoder::isa,
         "The instruction set the encoder's kernels use here ('avx512' or 'avx2'; BORT_ISA lowers it).");
+  m.def("backend", &backend_info,
+        "What runs on this CPU, decided once from CPUID features (BORT_ISA / BORT_GEMM force it): "
+        "{'isa', 'gemm': {dtype: e.g. 'own-avx512vnni' | 'mkl'}, 'features', 'int8_weight_max', "
+        "'description'}.");
+  py::class_<PyLinear>(m, "Linear", py::module_local())
+      .def(py::init<const f32_array&, const std::string&, int>(), py::arg("w"),
+           py::arg("dtype") = "fp32", py::arg("num_threads") = 1)
+      .def("__call__", &PyLinear::call, py::arg("x"), py::arg("bias") = py::none(),
+           py::arg("act") = "none", py::arg("residual") = py::none(),
+           "y = act(x · wᵀ + bias) + residual through the encoder's linear layer (its conversion, "
+           "packing, GEMM and epilogue), for tests against a reference and bench/gemm.py.");
+  m.def("gemm_peak", &gemm_peak, py::arg("dtype"), py::arg("seconds") = 0.2,
+        "Operations per second of the dtype's own GEMM instruction in a register-only loop "
+        "(0.0 where this CPU runs MKL's for it).");
 
   m.def("frontier_solve", &frontier_solve, py::arg("layers"), py::arg("base_cost"),
         py::arg("base_error"), py::arg("epsilon"), py::arg("max_states"), py::arg("thin") = true,

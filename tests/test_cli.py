@@ -24,6 +24,16 @@ def test_info_on_the_default_source() -> None:
     assert "22,713,216" in out.stdout and "2,869,198,848" in out.stdout
 
 
+def test_info_cpu_names_the_backend() -> None:
+    """`bort info --cpu` shows the CPU and the kernels the encoder runs, as the core says."""
+    from bort import _core
+
+    out = run("info", "--cpu", "--json")
+    report = json.loads(out.stdout)
+    assert report["gemm"] == _core.backend()["gemm"] and report["isa"] == _core.backend()["isa"]
+    assert f"gemm int8     {report['gemm']['int8']}" in run("info", "--cpu").stdout
+
+
 def test_info_json_matches_arch(minilm_dir) -> None:
     out = run("info", str(minilm_dir), "--json", "--batch", "8", "--seq-len", "64")
     assert out.returncode == 0, out.stderr

@@ -130,9 +130,12 @@ def test_low_precision_matches_fp32(minilm_dir, dtype, bound) -> None:
     assert cos >= bound
 
 
-def test_forced_avx2_path_passes_parity(minilm_dir, tmp_path) -> None:
-    """The AVX2 kernels (and MKL's AVX2 code, 7-bit int8 weights) give the same answers, in
-    every dtype: run in a process with BORT_ISA=avx2."""
+@pytest.mark.parametrize("env", [{"BORT_ISA": "avx2"}, {"BORT_GEMM": "mkl"}],
+                         ids=["avx2", "mkl"])
+def test_forced_backends_pass_parity(minilm_dir, env) -> None:
+    """The forced backends give the same answers in every dtype: the AVX2 kernels (with MKL's
+    AVX2 code and 7-bit int8 weights for bf16 and int8), and MKL's GEMMs instead of bort's.
+    Each runs in its own process (the backend is chosen once per process)."""
     code = f"""
 import sys, numpy as np, torch
 sys.path.insert(0, {str(Path(__file__).parent)!r})
@@ -141,7 +144,9 @@ from bort import _core
 from bort.runtime import Encoder
 from transformers import BertModel
 from test_runtime import min_token_cosine
-assert _core.encoder_isa() == "avx2", _core.encoder_isa()
+desc = _core.backend()["description"]
+assert {env!r} != {{"BORT_ISA": "avx2"}} or desc.startswith("avx2"), desc
+assert {env!r} != {{"BORT_GEMM": "mkl"}} or "own" not in desc, desc
 ids, mask, types = random_batch(30522, [3, 70, 128])
 ref = BertModel.from_pretrained({str(minilm_dir)!r}).eval()
 with torch.no_grad():
@@ -155,9 +160,9 @@ for dtype, bound in (("bf16", 0.999), ("int8", 0.99)):
     cos = min_token_cosine(enc(ids, mask, types), r, mask)
     assert cos >= bound, (dtype, cos)
 """
-    env = {**os.environ, "BORT_ISA": "avx2", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run([sys.executable, "-c", code],
+                         env={**os.environ, **env, "HF_HUB_OFFLINE": "1"},
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
 
 

@@ -1,7 +1,5 @@
 #include "encoder/encoder.hpp"
 
-#include <mkl.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -41,24 +39,6 @@ Act activation(bort::Activation a) {
   return Act::None;
 }
 
-// MKL follows BORT_ISA too, so the forced-AVX2 path is AVX2 end to end.
-void configure_mkl() {
-  static const bool once = [] {
-    const char* forced = std::getenv("BORT_ISA");
-    if (forced && std::string(forced) == "avx2") mkl_enable_instructions(MKL_ENABLE_AVX2);
-    return true;
-  }();
-  (void)once;
-}
-
-// Without VNNI, MKL's u8 × s8 kernels sum pairs in saturating int16: keep weights to 7 bits.
-int int8_max() {
-  const char* forced = std::getenv("BORT_ISA");
-  const bool avx2_only = forced && std::string(forced) == "avx2";
-  const bool vnni = __builtin_cpu_supports("avx512vnni") || __builtin_cpu_supports("avxvnni");
-  return vnni && !avx2_only ? 127 : 63;
-}
-
 using Clock = std::chrono::steady_clock;
 
 }  // namespace
@@ -74,8 +54,9 @@ struct Encoder::Arena {
   GemmScratch gemm;
   std::vector<int64_t> row, col, pos, offsets;  // per token: batch row, column, position id;
                                                 // per sequence: its first token
-  std::vector<float> x, qkv, ctx, ffn, tmp, scores, pooled;
-  std::vector<uint16_t> qkv_bf16, probs_bf16;  // bf16 / int8 models: attention operands
+  int64_t tokens = 0, max_len = 0;              // of this call
+  std::vector<float> x, qkv, ctx, ffn, tmp, scores, kv, pooled;
+  std::vector<uint16_t> qkv16, kv16, probs16;   // bf16 attention operands
   template <class T>
   static T* grow(std::vector<T>& v, size_t n) {
     if (v.size() < n) v.resize(n);
@@ -89,8 +70,6 @@ Encoder::Encoder(const Arch& arch, const std::map<std::string, TensorView>& w, i
   arch_.validate();
   if (num_threads < 1) throw std::invalid_argument("num_threads must be >= 1");
   kernels_ = &kernels();
-  configure_mkl();
-  const int levels = int8_max();
   const int64_t H = arch.hidden;
   word_ = take(w, "embeddings.word_embeddings.weight", {arch.vocab_size, H});
   position_ = take(w, "embeddings.position_embeddings.weight", {arch.max_positions, H});
@@ -113,22 +92,21 @@ Encoder::Encoder(const Arch& arch, const std::map<std::string, TensorView>& w, i
         qkv.insert(qkv.end(), wt.begin(), wt.end());
         L.qkv_b.insert(L.qkv_b.end(), b.begin(), b.end());
       }
-      L.qkv = Linear(qkv, 3 * a, H, num_threads, dtype, levels);
-      L.out = Linear(take(w, p + "attention.output.dense.weight", {H, a}), H, a, num_threads, dtype,
-                     levels);
+      L.qkv = Linear(qkv, 3 * a, H, num_threads, dtype);
+      L.out = Linear(take(w, p + "attention.output.dense.weight", {H, a}), H, a, num_threads, dtype);
       L.out_b = take(w, p + "attention.output.dense.bias", {H});
       L.ln1_g = take(w, p + "attention.output.LayerNorm.weight", {H});
       L.ln1_b = take(w, p + "attention.output.LayerNorm.bias", {H});
     }
     if (spec.ffn > 0) {
       L.in = Linear(take(w, p + "intermediate.dense.weight", {spec.ffn, H}), spec.ffn, H,
-                    num_threads, dtype, levels);
+                    num_threads, dtype);
       L.in_b = take(w, p + "intermediate.dense.bias", {spec.ffn});
       // The FFN's down projection reads GELU outputs (mostly near 0, a few large): 8 bits per
       // token lose them (per-token cosine on all-MiniLM-L6-v2: 0.990 from this GEMM alone vs
       // ≥ 0.998 for each other), so int8 models run it in bf16.
       L.ffn_out = Linear(take(w, p + "output.dense.weight", {H, spec.ffn}), H, spec.ffn,
-                         num_threads, dtype == Dtype::I8 ? Dtype::BF16 : dtype, levels);
+                         num_threads, dtype == Dtype::I8 ? Dtype::BF16 : dtype);
       L.ffn_out_b = take(w, p + "output.dense.bias", {H});
       L.ln2_g = take(w, p + "output.LayerNorm.weight", {H});
       L.ln2_b = take(w, p + "output.LayerNorm.bias", {H});
@@ -136,11 +114,12 @@ Encoder::Encoder(const Arch& arch, const std::map<std::string, TensorView>& w, i
     layers_.push_back(std::move(L));
   }
   if (arch.pooler) {
-    pooler_ = Linear(take(w, "pooler.dense.weight", {H, H}), H, H, num_threads, dtype, levels);
+    pooler_ = Linear(take(w, "pooler.dense.weight", {H, H}), H, H, num_threads, dtype);
     pooler_b_ = take(w, "pooler.dense.bias", {H});
   }
   if (arch.num_labels > 0) {
-    classifier_w_ = take(w, "classifier.weight", {arch.num_labels, H});
+    classifier_ = Linear(take(w, "classifier.weight", {arch.num_labels, H}), arch.num_labels, H,
+                         num_threads, Dtype::F32);
     classifier_b_ = take(w, "classifier.bias", {arch.num_labels});
   }
   pool_ = std::make_unique<ThreadPool>(num_threads);
@@ -211,21 +190,12 @@ Output Encoder::forward(const Batch& in, bool timed) const {
       throw std::invalid_argument("sequence " + std::to_string(b) + " has no tokens (attention_mask all 0)");
     ar.offsets.push_back(ar.offsets.back() + count);
   }
-  const int64_t T = static_cast<int64_t>(ar.row.size());
-  int64_t max_len = 0, max_a = 0, max_ffn = 0;
-  for (int64_t b = 0; b < B; ++b) max_len = std::max(max_len, ar.offsets[b + 1] - ar.offsets[b]);
-  for (const Layer& L : layers_) {
-    max_a = std::max(max_a, L.heads * L.head_dim);
-    max_ffn = std::max(max_ffn, L.ffn);
-  }
-  float* x = Arena::grow(ar.x, T * H);
-  float* qkv = Arena::grow(ar.qkv, T * 3 * max_a);
-  float* ctx = Arena::grow(ar.ctx, T * max_a);
-  float* ffn = Arena::grow(ar.ffn, T * max_ffn);
-  float* tmp = Arena::grow(ar.tmp, T * H);
-  float* scores = Arena::grow(ar.scores, pool_->size() * max_len * max_len);
-  const Kernels& K = *kernels_;
-  ThreadPool& pool = *pool_;
+  ar.tokens = static_cast<int64_t>(ar.row.size());
+  ar.max_len = 0;
+  for (int64_t b = 0; b < B; ++b) ar.max_len = std::max(ar.max_len, ar.offsets[b + 1] - ar.offsets[b]);
+  Arena::grow(ar.x, ar.tokens * H);
+  Arena::grow(ar.tmp, ar.tokens * H);
+
   Output out;
   auto t0 = Clock::now();
   auto lap = [&] {
@@ -234,12 +204,29 @@ Output Encoder::forward(const Batch& in, bool timed) const {
     out.sublayer_ms.push_back(std::chrono::duration<double, std::milli>(t - t0).count());
     t0 = t;
   };
-  const int64_t chunk = 16;  // tokens per task in row-wise kernels
-  const int64_t chunks = (T + chunk - 1) / chunk;
+  embed(in, ar);
+  lap();
+  for (const Layer& L : layers_) {
+    if (L.heads > 0) attention(L, ar);
+    lap();
+    if (L.ffn > 0) feed_forward(L, ar);
+    lap();
+  }
+  heads(ar, B, S, out);
+  lap();
+  return out;
+}
 
-  // ---- embeddings: x[t] = LayerNorm(word[id] + position[p] + type[tt])
-  pool.run(chunks, [&](int64_t c, int) {
-    for (int64_t t = c * chunk; t < std::min(T, (c + 1) * chunk); ++t) {
+// Row-wise work in tasks of this many tokens.
+constexpr int64_t kChunk = 16;
+
+// x[t] = LayerNorm(word[id] + position[p] + type[tt])
+void Encoder::embed(const Batch& in, Arena& ar) const {
+  const int64_t H = arch_.hidden, S = in.seq, T = ar.tokens;
+  const Kernels& K = *kernels_;
+  float* x = ar.x.data();
+  pool_->run((T + kChunk - 1) / kChunk, [&](int64_t c, int) {
+    for (int64_t t = c * kChunk; t < std::min(T, (c + 1) * kChunk); ++t) {
       const int64_t k = ar.row[t] * S + ar.col[t];
       const int64_t type = in.token_type_ids ? in.token_type_ids[k] : 0;
       float* xt = x + t * H;
@@ -247,102 +234,130 @@ Output Encoder::forward(const Batch& in, bool timed) const {
       const float* p = position_.data() + ar.pos[t] * H;
       const float* ty = token_type_.data() + type * H;
       for (int64_t i = 0; i < H; ++i) xt[i] = w[i] + p[i];
-      K.add_layernorm(xt, xt, nullptr, ty, emb_gamma_.data(), emb_beta_.data(), H, A.layer_norm_eps);
+      K.add_layernorm(xt, xt, nullptr, ty, emb_gamma_.data(), emb_beta_.data(), H, arch_.layer_norm_eps);
     }
   });
-  lap();
+}
 
-  for (const Layer& L : layers_) {
-    if (L.heads > 0) {
-      const int64_t a = L.heads * L.head_dim, d = L.head_dim, w3 = 3 * a;
-      // qkv (T, 3a) = x · Wqkvᵀ + b
-      L.qkv(pool, x, T, qkv, ar.gemm, [&](int64_t n0, int64_t n1) {
-        for (int64_t t = 0; t < T; ++t)
-          K.bias_act(qkv + t * w3 + n0, L.qkv_b.data() + n0, n1 - n0, Act::None);
-      });
-      // per (sequence, head): ctx = softmax(Q Kᵀ / √d) V, the L × L scores in this thread's
-      // scratch. bf16 / int8 models multiply in bf16 (fp32 accumulation and softmax): at long
-      // sequences these products rival the projections, and fp32 would dominate.
-      const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-      const bool low = dtype_ != Dtype::F32;
-      uint16_t* qkv16 = low ? Arena::grow(ar.qkv_bf16, T * w3) : nullptr;
-      uint16_t* probs16 = low ? Arena::grow(ar.probs_bf16, pool.size() * max_len * max_len) : nullptr;
-      if (low)
-        pool.run(chunks, [&](int64_t c, int) {
-          const int64_t t0 = c * chunk, t1 = std::min(T, (c + 1) * chunk);
-          K.to_bf16(qkv + t0 * w3, qkv16 + t0 * w3, (t1 - t0) * w3);
-        });
-      pool.run(B * L.heads, [&](int64_t job, int slot) {
-        const int64_t b = job / L.heads, h = job % L.heads;
-        const int64_t s0 = ar.offsets[b], n = ar.offsets[b + 1] - s0;
-        float* sc = scores + slot * max_len * max_len;
-        float* c = ctx + s0 * a + h * d;
-        if (low) {
-          const uint16_t* q = qkv16 + s0 * w3 + h * d;
-          uint16_t* p = probs16 + slot * max_len * max_len;
-          cblas_gemm_bf16bf16f32(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, q, w3,
-                                 q + a, w3, 0.0f, sc, n);
-          for (int64_t i = 0; i < n; ++i) K.softmax(sc + i * n, n, scale);
-          K.to_bf16(sc, p, n * n);
-          cblas_gemm_bf16bf16f32(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, p, n,
-                                 q + 2 * a, w3, 0.0f, c, a);
-        } else {
-          const float* q = qkv + s0 * w3 + h * d;
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, d, 1.0f, q, w3, q + a, w3,
-                      0.0f, sc, n);
-          for (int64_t i = 0; i < n; ++i) K.softmax(sc + i * n, n, scale);
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, d, n, 1.0f, sc, n, q + 2 * a,
-                      w3, 0.0f, c, a);
-        }
-      });
-      // x = LayerNorm(ctx · Woᵀ + b + x)
-      L.out(pool, ctx, T, tmp, ar.gemm);
-      pool.run(chunks, [&](int64_t c, int) {
-        for (int64_t t = c * chunk; t < std::min(T, (c + 1) * chunk); ++t)
-          K.add_layernorm(x + t * H, tmp + t * H, L.out_b.data(), x + t * H, L.ln1_g.data(),
-                          L.ln1_b.data(), H, A.layer_norm_eps);
-      });
-    }
-    lap();
-    if (L.ffn > 0) {
-      const Act act = activation(A.activation);
-      L.in(pool, x, T, ffn, ar.gemm, [&](int64_t n0, int64_t n1) {
-        for (int64_t t = 0; t < T; ++t)
-          K.bias_act(ffn + t * L.ffn + n0, L.in_b.data() + n0, n1 - n0, act);
-      });
-      L.ffn_out(pool, ffn, T, tmp, ar.gemm);
-      pool.run(chunks, [&](int64_t c, int) {
-        for (int64_t t = c * chunk; t < std::min(T, (c + 1) * chunk); ++t)
-          K.add_layernorm(x + t * H, tmp + t * H, L.ffn_out_b.data(), x + t * H, L.ln2_g.data(),
-                          L.ln2_b.data(), H, A.layer_norm_eps);
-      });
-    }
-    lap();
-  }
+// x = LayerNorm(x + tmp), tmp holding a sublayer's output with its bias and x's residual added.
+void Encoder::layernorm(const std::vector<float>& gamma, const std::vector<float>& beta,
+                        Arena& ar) const {
+  const int64_t H = arch_.hidden, T = ar.tokens;
+  const Kernels& K = *kernels_;
+  pool_->run((T + kChunk - 1) / kChunk, [&](int64_t c, int) {
+    for (int64_t t = c * kChunk; t < std::min(T, (c + 1) * kChunk); ++t)
+      K.add_layernorm(ar.x.data() + t * H, ar.tmp.data() + t * H, nullptr, nullptr, gamma.data(),
+                      beta.data(), H, arch_.layer_norm_eps);
+  });
+}
 
-  // ---- outputs: scatter tokens back to (B, S, H); pooler and head on each first token
+// Self-attention: the fused QKV projection, then per (sequence, head) softmax(Q Kᵀ / √d) V with
+// bort's GEMM kernels on K and V packed per head in this thread's scratch (the scores, L × L, stay
+// in cache), then x = LayerNorm(ctx · Woᵀ + b + x). bf16 and int8 models multiply Q Kᵀ and P V in
+// bf16 (fp32 accumulation and softmax) where the CPU has AVX512-BF16: at long sequences these
+// products rival the projections.
+void Encoder::attention(const Layer& L, Arena& ar) const {
+  const int64_t T = ar.tokens, a = L.heads * L.head_dim, d = L.head_dim, w3 = 3 * a, n_max = ar.max_len;
+  const Kernels& K = *kernels_;
+  const gemm::Kernels& own = gemm::backend().own;
+  ThreadPool& pool = *pool_;
+  float* qkv = Arena::grow(ar.qkv, T * w3);
+  float* ctx = Arena::grow(ar.ctx, T * a);
+  gemm::Epilogue bias;
+  bias.bias = L.qkv_b.data();
+  L.qkv(pool, ar.x.data(), T, qkv, ar.gemm, bias);
+
+  const bool low = dtype_ != Dtype::F32 && own.bf16 && d % 2 == 0;
+  // per slot: packed K (n × d) and V (d × n), each within this bound
+  const int64_t n2 = gemm::round_up(n_max, 2);
+  const int64_t packed = gemm::round_up(std::max(n_max, d), 16) * std::max(n2, d);
+  const int slots = pool.size();
+  float* scores = Arena::grow(ar.scores, slots * n_max * n_max);
+  float* kv = low ? nullptr : Arena::grow(ar.kv, slots * 2 * packed);
+  uint16_t* kv16 = low ? Arena::grow(ar.kv16, slots * 2 * packed) : nullptr;
+  uint16_t* probs16 = low ? Arena::grow(ar.probs16, slots * n_max * n2) : nullptr;
+  uint16_t* qkv16 = low ? Arena::grow(ar.qkv16, T * w3) : nullptr;
+  if (low)
+    pool.run((T + kChunk - 1) / kChunk, [&](int64_t c, int) {
+      const int64_t t0 = c * kChunk, t1 = std::min(T, (c + 1) * kChunk);
+      K.to_bf16(qkv + t0 * w3, qkv16 + t0 * w3, (t1 - t0) * w3);
+    });
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  pool.run(static_cast<int64_t>(ar.offsets.size() - 1) * L.heads, [&](int64_t job, int slot) {
+    const int64_t b = job / L.heads, h = job % L.heads;
+    const int64_t s0 = ar.offsets[b], n = ar.offsets[b + 1] - s0;
+    const int64_t np_n = (n + 15) / 16, np_d = (d + 15) / 16, nn = gemm::round_up(n, 2);
+    float* sc = scores + slot * n_max * n_max;
+    float* c = ctx + s0 * a + h * d;
+    if (low) {
+      const uint16_t* q = qkv16 + s0 * w3 + h * d;
+      uint16_t *kp = kv16 + slot * 2 * packed, *vp = kp + packed, *p = probs16 + slot * n_max * n2;
+      gemm::pack<uint16_t>(q + a, n, d, w3, 1, kp);   // K as (N = n, K = d)
+      own.bf16.block(q, w3, n, kp, d, np_n, n, sc, n, {});
+      for (int64_t i = 0; i < n; ++i) {
+        K.softmax(sc + i * n, n, scale);
+        K.to_bf16(sc + i * n, p + i * nn, n);
+        if (nn > n) p[i * nn + n] = 0;
+      }
+      gemm::pack<uint16_t>(q + 2 * a, d, n, 1, w3, vp);  // V as (N = d, K = n)
+      own.bf16.block(p, nn, n, vp, nn, np_d, d, c, a, {});
+    } else {
+      const float* q = qkv + s0 * w3 + h * d;
+      float *kp = kv + slot * 2 * packed, *vp = kp + packed;
+      gemm::pack<float>(q + a, n, d, w3, 1, kp);
+      own.f32.block(q, w3, n, kp, d, np_n, n, sc, n, {});
+      for (int64_t i = 0; i < n; ++i) K.softmax(sc + i * n, n, scale);
+      gemm::pack<float>(q + 2 * a, d, n, 1, w3, vp);
+      own.f32.block(sc, n, n, vp, n, np_d, d, c, a, {});
+    }
+  });
+  gemm::Epilogue out;
+  out.bias = L.out_b.data();
+  out.residual = ar.x.data();
+  out.ldr = arch_.hidden;
+  L.out(pool, ctx, T, ar.tmp.data(), ar.gemm, out);
+  layernorm(L.ln1_g, L.ln1_b, ar);
+}
+
+// x = LayerNorm(act(x · W1ᵀ + b1) · W2ᵀ + b2 + x), bias + activation in the first GEMM's epilogue.
+void Encoder::feed_forward(const Layer& L, Arena& ar) const {
+  const int64_t T = ar.tokens;
+  float* ffn = Arena::grow(ar.ffn, T * L.ffn);
+  gemm::Epilogue up;
+  up.bias = L.in_b.data();
+  up.act = activation(arch_.activation);
+  L.in(*pool_, ar.x.data(), T, ffn, ar.gemm, up);
+  gemm::Epilogue down;
+  down.bias = L.ffn_out_b.data();
+  down.residual = ar.x.data();
+  down.ldr = arch_.hidden;
+  L.ffn_out(*pool_, ffn, T, ar.tmp.data(), ar.gemm, down);
+  layernorm(L.ln2_g, L.ln2_b, ar);
+}
+
+// Tokens scattered back to (B, S, H); the pooler and the classifier on each first token.
+void Encoder::heads(Arena& ar, int64_t B, int64_t S, Output& out) const {
+  const int64_t H = arch_.hidden;
+  const float* x = ar.x.data();
   out.last_hidden_state.assign(B * S * H, 0.0f);
-  for (int64_t t = 0; t < T; ++t)
+  for (int64_t t = 0; t < ar.tokens; ++t)
     std::memcpy(out.last_hidden_state.data() + (ar.row[t] * S + ar.col[t]) * H, x + t * H,
                 H * sizeof(float));
-  if (A.pooler) {
-    out.pooler_output.resize(B * H);
-    float* first = Arena::grow(ar.pooled, B * H);
-    for (int64_t b = 0; b < B; ++b)
-      std::memcpy(first + b * H, x + ar.offsets[b] * H, H * sizeof(float));
-    pooler_(pool, first, B, out.pooler_output.data(), ar.gemm);
-    for (int64_t i = 0; i < B * H; ++i)
-      out.pooler_output[i] = std::tanh(out.pooler_output[i] + pooler_b_[i % H]);
-    if (A.num_labels > 0) {
-      const int64_t C = A.num_labels;
-      out.logits.resize(B * C);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, C, H, 1.0f,
-                  out.pooler_output.data(), H, classifier_w_.data(), H, 0.0f, out.logits.data(), C);
-      for (int64_t i = 0; i < B * C; ++i) out.logits[i] += classifier_b_[i % C];
-    }
+  if (!arch_.pooler) return;
+  out.pooler_output.resize(B * H);
+  float* first = Arena::grow(ar.pooled, B * H);
+  for (int64_t b = 0; b < B; ++b)
+    std::memcpy(first + b * H, x + ar.offsets[b] * H, H * sizeof(float));
+  gemm::Epilogue bias;
+  bias.bias = pooler_b_.data();
+  pooler_(*pool_, first, B, out.pooler_output.data(), ar.gemm, bias);
+  for (float& v : out.pooler_output) v = std::tanh(v);
+  if (arch_.num_labels > 0) {
+    out.logits.resize(B * arch_.num_labels);
+    gemm::Epilogue head;
+    head.bias = classifier_b_.data();
+    classifier_(*pool_, out.pooler_output.data(), B, out.logits.data(), ar.gemm, head);
   }
-  lap();
-  return out;
 }
 
 }  // namespace bort::encoder

@@ -67,13 +67,20 @@ class Encoder {
   struct Arena;
   std::unique_ptr<Arena> acquire() const;
   void release(std::unique_ptr<Arena> arena) const;
+  // The ops of a forward pass, on the packed tokens of one arena.
+  void embed(const Batch& in, Arena& ar) const;
+  void attention(const Layer& L, Arena& ar) const;
+  void feed_forward(const Layer& L, Arena& ar) const;
+  void layernorm(const std::vector<float>& gamma, const std::vector<float>& beta, Arena& ar) const;
+  void heads(Arena& ar, int64_t B, int64_t S, Output& out) const;
 
   Arch arch_;
   Dtype dtype_;
   std::vector<float> word_, position_, token_type_, emb_gamma_, emb_beta_;
   std::vector<Layer> layers_;
   Linear pooler_;
-  std::vector<float> pooler_b_, classifier_w_, classifier_b_;
+  Linear classifier_;
+  std::vector<float> pooler_b_, classifier_b_;
   std::unique_ptr<ThreadPool> pool_;
   const Kernels* kernels_;
   mutable std::mutex arenas_mutex_;

@@ -1,9 +1,8 @@
 // Element-wise kernels around the GEMMs, one row at a time, with run-time ISA dispatch.
 //
 // Each kernel exists twice (kernels_avx2.cpp, kernels_avx512.cpp, one source: kernels_impl.hpp);
-// `kernels()` picks the best one the CPU runs, or a lower one named by the environment variable
-// BORT_ISA ("avx2" or "avx512") so tests cover the fallback. A CPU without AVX2 + FMA gets a
-// clear error, never an illegal instruction.
+// `kernels()` runs the ISA that gemm::backend() chose (the best one the CPU runs, or a lower one
+// named by BORT_ISA). A CPU without AVX2 + FMA gets a clear error, never an illegal instruction.
 #pragma once
 
 #include <cstdint>

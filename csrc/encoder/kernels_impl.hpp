@@ -31,22 +31,6 @@ inline Vec load_tail(const float* x, int64_t n, float fill) {
   return Vec::load(tmp);
 }
 
-inline Vec activate(Vec v, Act act) {
-  switch (act) {
-    case Act::GeluErf:
-      return Vec::set1(0.5f) * v * (Vec::set1(1.0f) + erf(v * Vec::set1(0.70710678118654752f)));
-    case Act::GeluTanh: {
-      const Vec inner = v * fma(Vec::set1(0.044715f) * v, v, Vec::set1(1.0f));
-      return Vec::set1(0.5f) * v * (Vec::set1(1.0f) + tanh(Vec::set1(0.79788456080286536f) * inner));
-    }
-    case Act::Relu:
-      return max(v, Vec::set1(0.0f));
-    case Act::None:
-      break;
-  }
-  return v;
-}
-
 void bias_act(float* x, const float* bias, int64_t n, Act act) {
   int64_t i = 0;
   for (; i + Vec::width <= n; i += Vec::width)

@@ -11,6 +11,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "encoder/kernels.hpp"  // Act (already included by the includer, outside its namespace)
+
 #ifdef BORT_AVX512
 struct Vec {
   static constexpr int width = 16;
@@ -38,6 +40,10 @@ struct Vec {
     return {_mm512_castsi512_ps(_mm512_slli_epi32(i, 23))};
   }
   static Vec round(Vec a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT)}; }
+  // the first n lanes (0 <= n <= width); the others read as 0 / are not written
+  static __mmask16 lanes(int64_t n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static Vec load_n(const float* p, int64_t n) { return {_mm512_maskz_loadu_ps(lanes(n), p)}; }
+  void store_n(float* p, int64_t n) const { _mm512_mask_storeu_ps(p, lanes(n), v); }
 };
 #else
 struct Vec {
@@ -75,6 +81,11 @@ struct Vec {
     return {_mm256_castsi256_ps(_mm256_slli_epi32(i, 23))};
   }
   static Vec round(Vec a) { return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static __m256i lanes(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static Vec load_n(const float* p, int64_t n) { return {_mm256_maskload_ps(p, lanes(n))}; }
+  void store_n(float* p, int64_t n) const { _mm256_maskstore_ps(p, lanes(n), v); }
 };
 #endif
 
@@ -110,4 +121,23 @@ inline Vec erf(Vec x) {
 // tanh(x) = 1 - 2 / (e^{2x} + 1), exact enough for the tanh GELU.
 inline Vec tanh(Vec x) {
   return Vec::set1(1.0f) - Vec::set1(2.0f) / (exp(x + x) + Vec::set1(1.0f));
+}
+
+// The FFN's activations (bort::encoder::Act), shared by the element-wise kernels and the GEMM
+// epilogues.
+inline Vec activate(Vec v, ::bort::encoder::Act act) {
+  using ::bort::encoder::Act;
+  switch (act) {
+    case Act::GeluErf:
+      return Vec::set1(0.5f) * v * (Vec::set1(1.0f) + erf(v * Vec::set1(0.70710678118654752f)));
+    case Act::GeluTanh: {
+      const Vec inner = v * fma(Vec::set1(0.044715f) * v, v, Vec::set1(1.0f));
+      return Vec::set1(0.5f) * v * (Vec::set1(1.0f) + tanh(Vec::set1(0.79788456080286536f) * inner));
+    }
+    case Act::Relu:
+      return max(v, Vec::set1(0.0f));
+    case Act::None:
+      break;
+  }
+  return v;
 }

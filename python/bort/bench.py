@@ -265,10 +265,19 @@ COMPARISONS = (("bort-fp32", ("ort-fp32", "ort-opt-fp32")), ("bort-fp32", ("ov-f
                ("bort-bf16", ("torch-bf16",)), ("bort-int8", ("ort-int8",)))
 
 
+def machine_line() -> str:
+    """What every timing table names: the CPU, its ISA features and the kernels bort ran."""
+    from . import _core
+    from .timing import cpu_summary
+
+    return f"CPU: {cpu_summary()}; bort's kernels: {_core.backend()['description']}"
+
+
 def markdown(rows: list[dict]) -> str:
-    """Per model: milliseconds per runtime, then bort's speed-up over each competitor of the
-    same precision (> 1: bort is faster; "ort fp32" is the better of plain and optimised)."""
-    out = []
+    """The machine line, then per model: milliseconds per runtime, then bort's speed-up over
+    each competitor of the same precision (> 1: bort is faster; "ort fp32" is the better of
+    plain and optimised)."""
+    out = [machine_line(), ""]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
         runtimes = list(dict.fromkeys(r["runtime"] for r in mine))

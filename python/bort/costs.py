@@ -211,8 +211,15 @@ def _torch_threads(threads: int) -> Iterator[None]:
 
 
 def _cache_file(table: LatencyTable) -> Path:
-    """The cache file of tables measured like ``table`` (CPU, threads, backend, shape)."""
-    key = json.dumps([table.cpu, table.threads, table.backend, table.batch, table.seq_len])
+    """The cache file of tables measured like ``table`` (CPU, threads, backend, shape), by the
+    kernels that ran them and the build: a new build or a forced BORT_ISA / BORT_GEMM measures
+    afresh."""
+    from . import _core
+
+    build = [_core.__version__, _core.__file__, _core.backend()["description"]]
+    if Path(_core.__file__).is_file():
+        build.append(Path(_core.__file__).stat().st_mtime_ns)
+    key = json.dumps([table.cpu, table.threads, table.backend, table.batch, table.seq_len, build])
     return cache_dir() / "latency" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.json"
 
 

@@ -33,6 +33,13 @@ __all__ = ["DTYPES", "Classifier", "Encoder", "Prediction"]
 DTYPES: tuple[str, ...] = tuple(_core.DTYPES)
 
 
+def backend_name(dtype: str) -> str:
+    """The kernels a ``dtype`` encoder runs on this CPU, e.g.
+    ``"avx512, bf16 GEMM own-avx512bf16"``."""
+    be = _core.backend()
+    return f"{be['isa']}, {dtype} GEMM {be['gemm'][dtype]}"
+
+
 def _default_threads() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))
@@ -61,7 +68,9 @@ class Encoder:
         dtype: precision of the linear layers: "fp32"; "bf16" (fp32 accumulation; AMX or
             AVX512-BF16 where the CPU has them); "int8" (dynamic quantisation: weights per output
             channel, activations per token; the FFN's down projection, whose GELU inputs 8 bits
-            resolve badly, runs in bf16). Attention, LayerNorm and GELU run in fp32.
+            resolve badly, runs in bf16). Attention's products run in bf16 for bf16 and int8
+            models where the CPU has AVX512-BF16, in fp32 otherwise; softmax, LayerNorm and GELU
+            in fp32. `backend` names the kernels that run.
         num_threads: threads of this encoder's own pool (default: the CPUs this process may
             use); torch's and numpy's settings are left alone.
     """
@@ -84,6 +93,13 @@ class Encoder:
         self.directory = directory
         self.max_length = arch.max_tokens  # what the tokenizer truncates to
         self._tokenizer = tokenizer
+
+    @property
+    def backend(self) -> str:
+        """What runs this encoder here: the ISA and whose GEMM its dtype gets, e.g.
+        ``"avx512, int8 GEMM own-avx512vnni"`` (bort's microkernels, chosen by CPUID features;
+        ``BORT_ISA`` / ``BORT_GEMM`` force a lower ISA or MKL)."""
+        return backend_name(self.dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, *, dtype: str = "fp32",

@@ -1,4 +1,5 @@
-"""`bort info`: architecture, parameters by part and FLOPs of a model."""
+"""`bort info`: architecture, parameters by part and FLOPs of a model; `--cpu`: this CPU and the
+kernels bort's encoder runs on it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ def add(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=BATCH, help="batch size for the FLOP count")
     parser.add_argument("--seq-len", type=int, default=SEQ_LEN, help="tokens per sequence")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--cpu", action="store_true",
+                        help="show this CPU, its ISA features and the kernels (ISA, GEMM per "
+                             "dtype) bort's encoder runs here, instead of a model")
 
 
 def info(source: Path, batch: int, seq_len: int) -> dict[str, Any]:
@@ -64,7 +68,27 @@ def print_info(report: dict[str, Any]) -> None:
           f"{f['flops'] / 1e9:.2f} GFLOP)")
 
 
+def cpu_info() -> dict[str, Any]:
+    """What `bort info --cpu` shows: the CPU, its features and the encoder's backend."""
+    from .. import _core
+    from ..timing import cpu_summary
+
+    return {"cpu": cpu_summary(), **_core.backend()}
+
+
+def print_cpu(report: dict[str, Any]) -> None:
+    print(f"cpu           {report['cpu']}")
+    print(f"isa           {report['isa']} (element-wise kernels, attention, fp32 GEMM)")
+    for dtype, kernel in report["gemm"].items():
+        print(f"gemm {dtype:<8} {kernel}")
+    print("forced by     BORT_ISA=avx2|avx512, BORT_GEMM=own|mkl")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.cpu:
+        report = cpu_info()
+        print(json.dumps(report, indent=2)) if args.json else print_cpu(report)
+        return 0
     report = info(default_source(args.source), args.batch, args.seq_len)
     if args.json:
         print(json.dumps(report, indent=2))
