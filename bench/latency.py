@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bort import Arch
+from bort import Arch, _core
 from bort.bench import RUNTIMES, markdown, plot, run_matrix
 from bort.config import BenchConfig, setting
 from bort.io import write_json, write_text
@@ -102,7 +102,8 @@ def main() -> None:
     config = Matrix(threads=args.threads, rounds=args.rounds, runtimes=args.runtimes,
                     named={name: SHAPES[name] for name in args.shapes})
     rows, notes = run_matrix(dirs, onnx, config, args.workdir)
-    machine = {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()}
+    machine = {"cpu": _cpu(), "backend": _core.backend()["description"], "cores": os.cpu_count(),
+               "python": platform.python_version()}
     report = {"machine": machine,
               "notes": sorted(set(notes)), "rows": rows}
     write_json(args.out / "latency.json", report, indent=2)
