@@ -11,6 +11,7 @@
 // them (and MKL) once, by CPUID features.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -115,13 +116,23 @@ void pack(const T* src, int64_t N, int64_t K, int64_t stride_n, int64_t stride_k
   constexpr int64_t step = 4 / static_cast<int64_t>(sizeof(T));
   const int64_t kp = round_up(K, step), panels = (N + kPanel - 1) / kPanel;
   for (int64_t p = 0; p < panels; ++p) {
-    T* out = dst + p * kp * kPanel;
-    for (int64_t k0 = 0; k0 < kp; k0 += step)
-      for (int64_t j = 0; j < kPanel; ++j)
-        for (int64_t s = 0; s < step; ++s) {
-          const int64_t n = p * kPanel + j, k = k0 + s;
-          *out++ = n < N && k < K ? src[n * stride_n + k * stride_k] : T(0);
-        }
+    T* out = dst + p * kp * kPanel;  // element (j, k) of the panel at out[k · 16 + j · step + k % step]
+    const int64_t n0 = p * kPanel, cols = std::min(kPanel, N - n0);
+    if (cols < kPanel || stride_n != 1) std::fill(out, out + kp * kPanel, T(0));
+    if (stride_n == 1) {  // rows of k are contiguous in n (V): copy them across
+      for (int64_t k = 0; k < K; ++k) {
+        const T* row = src + k * stride_k + n0;
+        T* o = out + (k - k % step) * kPanel + k % step;
+        for (int64_t j = 0; j < cols; ++j) o[j * step] = row[j * stride_n];
+      }
+    } else {  // rows of n are contiguous in k (W, Kᵀ): copy each down its column
+      for (int64_t j = 0; j < cols; ++j) {
+        const T* row = src + (n0 + j) * stride_n;
+        T* o = out + j * step;
+        for (int64_t k = 0; k < K; ++k) o[(k - k % step) * kPanel + k % step] = row[k * stride_k];
+        for (int64_t k = K; k < kp; ++k) o[(k - k % step) * kPanel + k % step] = T(0);
+      }
+    }
   }
 }
 
