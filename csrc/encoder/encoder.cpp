@@ -239,23 +239,23 @@ void Encoder::embed(const Batch& in, Arena& ar) const {
   });
 }
 
-// x = LayerNorm(x + tmp), tmp holding a sublayer's output with its bias and x's residual added.
-void Encoder::layernorm(const std::vector<float>& gamma, const std::vector<float>& beta,
-                        Arena& ar) const {
-  const int64_t H = arch_.hidden, T = ar.tokens;
-  const Kernels& K = *kernels_;
-  pool_->run((T + kChunk - 1) / kChunk, [&](int64_t c, int) {
-    for (int64_t t = c * kChunk; t < std::min(T, (c + 1) * kChunk); ++t)
-      K.add_layernorm(ar.x.data() + t * H, ar.tmp.data() + t * H, nullptr, nullptr, gamma.data(),
-                      beta.data(), H, arch_.layer_norm_eps);
-  });
+// Rows [m0, m1) of x = LayerNorm(tmp), tmp holding a sublayer's output with its bias and x's
+// residual added: the row epilogue of the sublayer's last GEMM.
+Linear::RowsFn Encoder::layernorm(const std::vector<float>& gamma, const std::vector<float>& beta,
+                                  Arena& ar) const {
+  return [this, &gamma, &beta, &ar](int64_t m0, int64_t m1) {
+    const int64_t H = arch_.hidden;
+    for (int64_t t = m0; t < m1; ++t)
+      kernels_->add_layernorm(ar.x.data() + t * H, ar.tmp.data() + t * H, nullptr, nullptr,
+                              gamma.data(), beta.data(), H, arch_.layer_norm_eps);
+  };
 }
 
 // Self-attention: the fused QKV projection, then per (sequence, head) softmax(Q Kᵀ / √d) V with
 // bort's GEMM kernels on K and V packed per head in this thread's scratch (the scores, L × L, stay
-// in cache), then x = LayerNorm(ctx · Woᵀ + b + x). bf16 and int8 models multiply Q Kᵀ and P V in
-// bf16 (fp32 accumulation and softmax) where the CPU has AVX512-BF16: at long sequences these
-// products rival the projections.
+// in cache), then x = LayerNorm(ctx · Woᵀ + b + x), the LayerNorm on each finished row block.
+// bf16 and int8 models multiply Q Kᵀ and P V in bf16 (fp32 accumulation and softmax) where the
+// CPU has AVX512-BF16: at long sequences these products rival the projections.
 void Encoder::attention(const Layer& L, Arena& ar) const {
   const int64_t T = ar.tokens, a = L.heads * L.head_dim, d = L.head_dim, w3 = 3 * a, n_max = ar.max_len;
   const Kernels& K = *kernels_;
@@ -315,8 +315,7 @@ void Encoder::attention(const Layer& L, Arena& ar) const {
   out.bias = L.out_b.data();
   out.residual = ar.x.data();
   out.ldr = arch_.hidden;
-  L.out(pool, ctx, T, ar.tmp.data(), ar.gemm, out);
-  layernorm(L.ln1_g, L.ln1_b, ar);
+  L.out(pool, ctx, T, ar.tmp.data(), ar.gemm, out, layernorm(L.ln1_g, L.ln1_b, ar));
 }
 
 // x = LayerNorm(act(x · W1ᵀ + b1) · W2ᵀ + b2 + x), bias + activation in the first GEMM's epilogue.
@@ -331,8 +330,7 @@ void Encoder::feed_forward(const Layer& L, Arena& ar) const {
   down.bias = L.ffn_out_b.data();
   down.residual = ar.x.data();
   down.ldr = arch_.hidden;
-  L.ffn_out(*pool_, ffn, T, ar.tmp.data(), ar.gemm, down);
-  layernorm(L.ln2_g, L.ln2_b, ar);
+  L.ffn_out(*pool_, ffn, T, ar.tmp.data(), ar.gemm, down, layernorm(L.ln2_g, L.ln2_b, ar));
 }
 
 // Tokens scattered back to (B, S, H); the pooler and the classifier on each first token.

@@ -71,7 +71,8 @@ class Encoder {
   void embed(const Batch& in, Arena& ar) const;
   void attention(const Layer& L, Arena& ar) const;
   void feed_forward(const Layer& L, Arena& ar) const;
-  void layernorm(const std::vector<float>& gamma, const std::vector<float>& beta, Arena& ar) const;
+  Linear::RowsFn layernorm(const std::vector<float>& gamma, const std::vector<float>& beta,
+                           Arena& ar) const;
   void heads(Arena& ar, int64_t B, int64_t S, Output& out) const;
 
   Arch arch_;

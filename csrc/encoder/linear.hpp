@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <vector>
 
@@ -137,12 +138,24 @@ class Linear {
   // activation needs a bias (MKL's path applies them together).
   void operator()(ThreadPool& pool, const float* X, int64_t M, float* Y, GemmScratch& s,
                   const gemm::Epilogue& e = {}) const {
+    (*this)(pool, X, M, Y, s, e, RowsFn{});
+  }
+  // The same, then rows(m0, m1) on each block of finished rows of Y (e.g. a LayerNorm): inside
+  // the GEMM's task while its rows are in cache where the tasks own whole rows (at large M, or
+  // on one thread), else in a pass after it.
+  using RowsFn = std::function<void(int64_t, int64_t)>;
+  void operator()(ThreadPool& pool, const float* X, int64_t M, float* Y, GemmScratch& s,
+                  const gemm::Epilogue& e, const RowsFn& rows) const {
     if (M <= 0) return;
     const void* A = convert(pool, X, M, s);
-    if (own_)
-      own_gemm(pool, A, M, Y, s, e);
-    else
-      mkl_gemm(pool, X, M, Y, s, e);
+    const bool fused = own_ && own_gemm(pool, A, M, Y, s, e, rows);
+    if (!own_) mkl_gemm(pool, X, M, Y, s, e);
+    if (rows && !fused) {
+      const int64_t chunk = 16;
+      pool.run((M + chunk - 1) / chunk, [&](int64_t c, int) {
+        rows(c * chunk, std::min(M, (c + 1) * chunk));
+      });
+    }
   }
 
  private:
@@ -187,8 +200,9 @@ class Linear {
     return s.x_u8.data();
   }
 
-  void own_gemm(ThreadPool& pool, const void* A, int64_t M, float* Y, const GemmScratch& s,
-                gemm::Epilogue e) const {
+  // Returns whether rows() ran inside the tasks.
+  bool own_gemm(ThreadPool& pool, const void* A, int64_t M, float* Y, const GemmScratch& s,
+                gemm::Epilogue e, const RowsFn& rows) const {
     const gemm::BlockFn block = gemm::backend().own.get(gemm_type(dtype_)).block;
     if (dtype_ == Dtype::I8) {
       e.a_scale = s.x_scale.data();
@@ -201,20 +215,24 @@ class Linear {
     const auto* b = packed_.as<const char>();
     // Row blocks of 64 (whole 4- and 8-row tiles; 32, 48 and 256 measured slower): up to 64
     // tokens the threads split only the columns. Chunks of whole 4-panel groups, ~4 tasks per
-    // thread, so that the pool balances them.
-    const int64_t rows = std::min<int64_t>(M, 64), row_blocks = (M + rows - 1) / rows;
+    // thread, so that the pool balances them; whole rows per task when rows() wants them and
+    // there are row blocks enough to balance the threads (two each).
+    const int64_t block_rows = std::min<int64_t>(M, 64), row_blocks = (M + block_rows - 1) / block_rows;
     const int64_t panels = (N_ + gemm::kPanel - 1) / gemm::kPanel;
+    const bool whole_rows = pool.size() == 1 || (rows && row_blocks >= 2 * pool.size());
     const int64_t want = 4 * pool.size();
     const int64_t chunks = std::clamp<int64_t>((want + row_blocks - 1) / row_blocks, 1, panels);
-    const int64_t per = pool.size() == 1 ? panels : gemm::round_up((panels + chunks - 1) / chunks, 4);
+    const int64_t per = whole_rows ? panels : gemm::round_up((panels + chunks - 1) / chunks, 4);
     const int64_t col_chunks = (panels + per - 1) / per;
     pool.run(row_blocks * col_chunks, [&](int64_t t, int) {
-      const int64_t m0 = t / col_chunks * rows, p0 = t % col_chunks * per;
-      const int64_t m = std::min(rows, M - m0), np = std::min(per, panels - p0);
+      const int64_t m0 = t / col_chunks * block_rows, p0 = t % col_chunks * per;
+      const int64_t m = std::min(block_rows, M - m0), np = std::min(per, panels - p0);
       const int64_t n0 = p0 * gemm::kPanel;
       block(a + m0 * kp_ * bytes, kp_, m, b + p0 * kp_ * gemm::kPanel * bytes, kp_, np,
             std::min(N_ - n0, np * gemm::kPanel), Y + m0 * N_ + n0, N_, e.at(m0, n0));
+      if (rows && whole_rows) rows(m0, m0 + m);
     });
+    return rows && whole_rows;
   }
 
   void mkl_gemm(ThreadPool& pool, const float* X, int64_t M, float* Y, GemmScratch& s,
