@@ -65,23 +65,32 @@ constexpr int kChains = 24;
 constexpr int kChains = 12;
 #endif
 
+// iters × kChains applications of step, each chain held in a register (the empty asm keeps the
+// compiler from interchanging the loops); returns the chains combined, so none is dead code.
+template <class V, class Step, class Combine>
+V chains(int64_t iters, V start, Step step, Combine combine) {
+  V acc[kChains];
+#pragma GCC unroll 24
+  for (int i = 0; i < kChains; ++i) acc[i] = start;
+  for (int64_t it = 0; it < iters; ++it)
+#pragma GCC unroll 24
+    for (int i = 0; i < kChains; ++i) {
+      acc[i] = step(acc[i]);
+      asm("" : "+v"(acc[i]));
+    }
+#pragma GCC unroll 24
+  for (int i = 1; i < kChains; ++i) acc[0] = combine(acc[0], acc[i]);
+  return acc[0];
+}
+
 struct F32 {
   using A = float;
   using B = float;
   static double peak(int64_t iters, float* sink) {
-    Vec acc[kChains];
-#pragma GCC unroll 24
-    for (int i = 0; i < kChains; ++i) acc[i] = Vec::set1(static_cast<float>(i));
     const Vec a = Vec::set1(0.999f), b = Vec::set1(1e-3f);
-    for (int64_t it = 0; it < iters; ++it)
-#pragma GCC unroll 24
-      for (int i = 0; i < kChains; ++i) {
-        acc[i] = fma(acc[i], a, b);
-        asm("" : "+v"(acc[i].v));  // each chain in a register (no loop interchange)
-      }
-#pragma GCC unroll 24
-    for (int i = 1; i < kChains; ++i) acc[0] = acc[0] + acc[i];
-    *sink = reduce_add(acc[0]);
+    const Vec sum{chains(iters, Vec::set1(1.0f).v, [&](auto x) { return fma(Vec{x}, a, b).v; },
+                         [](auto x, auto y) { return (Vec{x} + Vec{y}).v; })};
+    *sink = reduce_add(sum);
     return 2.0 * kWidth * kChains * static_cast<double>(iters);
   }
   template <int MR, int NP>
@@ -116,19 +125,11 @@ struct BF16 {
   using A = uint16_t;
   using B = uint16_t;
   static double peak(int64_t iters, float* sink) {
-    __m512 acc[kChains];
-#pragma GCC unroll 24
-    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
-    const __m512bh a = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3F80));  // 1.0
-    for (int64_t it = 0; it < iters; ++it)
-#pragma GCC unroll 24
-      for (int i = 0; i < kChains; ++i) {
-        acc[i] = _mm512_dpbf16_ps(acc[i], a, a);
-        asm("" : "+v"(acc[i]));
-      }
-#pragma GCC unroll 24
-    for (int i = 1; i < kChains; ++i) acc[0] = _mm512_add_ps(acc[0], acc[i]);
-    *sink = _mm512_reduce_add_ps(acc[0]);
+    const __m512bh one = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3F80));  // 1.0 pairs
+    const __m512 sum = chains(iters, _mm512_set1_ps(1.0f),
+                              [&](__m512 x) { return _mm512_dpbf16_ps(x, one, one); },
+                              [](__m512 x, __m512 y) { return _mm512_add_ps(x, y); });
+    *sink = _mm512_reduce_add_ps(sum);
     return 64.0 * kChains * static_cast<double>(iters);  // 16 lanes × 2 pairs × 2
   }
   template <int MR, int NP>
@@ -171,19 +172,10 @@ struct U8S8 {
   using A = uint8_t;
   using B = int8_t;
   static double peak(int64_t iters, float* sink) {
-    I32x16 acc[kChains];
-#pragma GCC unroll 24
-    for (int i = 0; i < kChains; ++i) acc[i] = I32x16{} + i;
-    const __m512i a = _mm512_set1_epi8(1);
-    for (int64_t it = 0; it < iters; ++it)
-#pragma GCC unroll 24
-      for (int i = 0; i < kChains; ++i) {
-        acc[i] = dpbusd(acc[i], a, a);
-        asm("" : "+v"(acc[i]));
-      }
-#pragma GCC unroll 24
-    for (int i = 1; i < kChains; ++i) acc[0] = acc[0] + acc[i];
-    *sink = static_cast<float>(_mm512_reduce_add_epi32(reinterpret_cast<__m512i>(acc[0])));
+    const __m512i one = _mm512_set1_epi8(1);
+    const I32x16 sum = chains(iters, I32x16{}, [&](I32x16 x) { return dpbusd(x, one, one); },
+                              [](I32x16 x, I32x16 y) { return x + y; });
+    *sink = static_cast<float>(_mm512_reduce_add_epi32(reinterpret_cast<__m512i>(sum)));
     return 128.0 * kChains * static_cast<double>(iters);  // 16 lanes × 4 × 2
   }
   template <int MR, int NP>
