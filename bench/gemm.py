@@ -60,8 +60,8 @@ def median_s(fn, min_s: float) -> float:
     return float(np.median(times))
 
 
-def worker(models: list[str], rows: tuple[int, ...], min_s: float) -> list[dict]:
-    """This process's backend, every cell: GOP/s per (model, dtype, threads, M)."""
+def worker(models: list[str], rows: tuple[int, ...], min_s: float) -> dict:
+    """This process's backend and every cell: GOP/s per (model, dtype, threads, M)."""
     rng = np.random.default_rng(0)
     out = []
     for model in models:
@@ -77,7 +77,7 @@ def worker(models: list[str], rows: tuple[int, ...], min_s: float) -> list[dict]
                     ops = sum(2 * m * n * k for n, k in shapes)
                     out.append({"model": model, "dtype": dtype, "threads": threads, "m": m,
                                 "gops": ops / seconds / 1e9, "ms": seconds * 1e3})
-    return out
+    return {"backend": _core.backend()["description"], "rows": out}
 
 
 def peaks() -> dict[str, float]:
@@ -162,12 +162,9 @@ def main() -> None:
     rows = []
     backend = {}
     for source in SOURCES:
-        for r in run_source(source, args):
-            rows.append({"source": source, **r})
-        env = {**os.environ, **SOURCES[source]}
-        backend[source] = subprocess.run(
-            [sys.executable, "-c", "from bort import _core; print(_core.backend()['description'])"],
-            env=env, capture_output=True, text=True, check=True).stdout.strip()
+        result = run_source(source, args)
+        backend[source] = result["backend"]
+        rows += [{"source": source, **r} for r in result["rows"]]
     report = {"machine": {"cpu": cpu_summary(), "cores": os.cpu_count(),
                           "python": platform.python_version()},
               "backend": backend, "peaks": peaks(), "models": args.models, "rows_m": args.rows,

@@ -137,9 +137,7 @@ using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
 py::dict backend_info() {
   const bort::gemm::Backend& be = bort::gemm::backend();
   py::dict gemm, features;
-  const bort::gemm::Type types[] = {bort::gemm::Type::F32, bort::gemm::Type::BF16, bort::gemm::Type::U8S8};
-  for (int t = 0; t < 3; ++t)
-    gemm[kDtypes[t].first] = be.gemm_name(types[t]);
+  for (const auto& [name, dtype] : kDtypes) gemm[name] = be.gemm_name(bort::encoder::gemm_type(dtype));
   features["avx512"] = be.isa == "avx512";
   features["avx512_bf16"] = be.bf16;
   features["avx512_vnni"] = be.vnni;
@@ -216,8 +214,8 @@ class PyLinear {
 // Operations per second of the dtype's own kernel instruction in a register-only loop, over
 // about `seconds` (0 where this CPU has no own kernel for it).
 double gemm_peak(const std::string& dtype, double seconds) {
-  const bort::gemm::Type types[] = {bort::gemm::Type::F32, bort::gemm::Type::BF16, bort::gemm::Type::U8S8};
-  const bort::gemm::Kernel& k = bort::gemm::backend().own.get(types[static_cast<int>(parse_dtype(dtype))]);
+  const bort::gemm::Kernel& k =
+      bort::gemm::backend().own.get(bort::encoder::gemm_type(parse_dtype(dtype)));
   if (!k) return 0.0;
   py::gil_scoped_release release;
   float sink = 0;

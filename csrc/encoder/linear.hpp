@@ -131,11 +131,8 @@ class Linear {
     for (auto& s : slices_) mkl_free(s.packed);
   }
 
-  int64_t n() const { return N_; }
-  bool own() const { return own_; }
-
-  // Y (M, N) = epilogue(X (M, K) · Wᵀ); Y must not alias X (it may alias e.residual). An
-  // activation needs a bias (MKL's path applies them together).
+  // Y (M, N) = epilogue(X (M, K) · Wᵀ); Y aliases neither X nor e.residual. An activation
+  // needs a bias (MKL's path applies them together).
   void operator()(ThreadPool& pool, const float* X, int64_t M, float* Y, GemmScratch& s,
                   const gemm::Epilogue& e = {}) const {
     (*this)(pool, X, M, Y, s, e, RowsFn{});

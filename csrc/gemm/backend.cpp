@@ -44,7 +44,6 @@ Backend choose() {
   be.bf16 = wide && __builtin_cpu_supports("avx512bf16");
   be.vnni = wide && __builtin_cpu_supports("avx512vnni");
   be.amx = wide && has_amx();
-  be.own.isa = wide ? "avx512" : "avx2";
   be.own.f32 = wide ? avx512::f32 : avx2::f32;
   be.own.bf16 = be.bf16 ? avx512_bf16::bf16 : Kernel{};
   be.own.u8s8 = be.vnni ? avx512_vnni::u8s8 : Kernel{};

@@ -26,9 +26,9 @@ using encoder::Act;
 enum class Type { F32, BF16, U8S8 };
 
 constexpr int64_t kPanel = 16;  // columns per panel
-// k-values per 64-byte panel row: 1 float, 2 bf16, 4 int8
-constexpr int64_t k_step(Type t) { return t == Type::F32 ? 1 : t == Type::BF16 ? 2 : 4; }
 constexpr int64_t elem_bytes(Type t) { return t == Type::F32 ? 4 : t == Type::BF16 ? 2 : 1; }
+// k-values per 4-byte step of a panel column: 1 float, 2 bf16, 4 int8
+constexpr int64_t k_step(Type t) { return 4 / elem_bytes(t); }
 constexpr int64_t round_up(int64_t x, int64_t step) { return (x + step - 1) / step * step; }
 
 // What the microkernel does to a finished tile before it stores it, in this order:
@@ -77,7 +77,6 @@ struct Kernel {
 
 // The kernels this CPU runs (backend.hpp chooses them), empty where it lacks the instruction.
 struct Kernels {
-  const char* isa = "";  // of the fp32 kernel: "avx512" or "avx2"
   Kernel f32;
   Kernel bf16;  // AVX512-BF16
   Kernel u8s8;  // AVX512-VNNI
