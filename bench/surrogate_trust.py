@@ -35,7 +35,7 @@ from bort.arch import Arch
 from bort.data import default_transfer
 from bort.distill import distill
 from bort.extract import extract
-from bort.finetune import finetune
+from bort.finetune import FinetuneConfig, finetune
 from bort.io import write_json, write_text
 from bort.metrics import kendall_tau, spearman
 from bort.model import BortModel
@@ -97,10 +97,13 @@ def surrogate_errors(run: Run, archs: list[Arch], log) -> list[float]:
     return [done[_key(a, steps)] for a in archs]
 
 
-def full_recipe(run: Run, arch: Arch, work: Path, seeds: list[int], log) -> list[float]:
+def full_recipe(run: Run, arch: Arch, work: Path, seeds: list[int], log,
+                student: FinetuneConfig | None = None, tag: str = "") -> list[float]:
     """Dev accuracy of ``arch`` after extraction, general distillation and task distillation
     with each seed (finished models are reused; the run's own choice reuses the run's general
-    distillation, and its task distillation at the run's seed, which are the same training)."""
+    distillation, and its task distillation at the run's seed, which are the same training).
+    ``student`` replaces the run's task-distillation settings (its models go to ``work /
+    f"{tag}seed-{seed}"``)."""
     teacher = BortModel.from_pretrained(run.result("teacher")["model"])
     chosen = arch == Arch.from_config(run.result("search")["arch"])
     general = (Path(run.result("distill")["model"]) if chosen and run.done("distill")
@@ -112,12 +115,12 @@ def full_recipe(run: Run, arch: Arch, work: Path, seeds: list[int], log) -> list
                 distributed=False)
     task, dev = run.task(), []
     for seed in seeds:
-        out = work / f"seed-{seed}"
-        if (chosen and seed == run.config.seed and run.done("finetune")
+        out = work / f"{tag}seed-{seed}"
+        if (chosen and student is None and seed == run.config.seed and run.done("finetune")
                 and "agora" not in run.result("finetune")):  # else selected on half of dev
             out = Path(run.result("finetune")[STUDENT_ARM]["model"]).parent
         if not (out / "metrics.json").is_file():
-            config = replace(run.config.stage("student"), seed=seed)
+            config = replace(student or run.config.stage("student"), seed=seed)
             finetune(copy.deepcopy(BortModel.from_pretrained(general)), task, out, config,
                      teacher=teacher, transfer=default_transfer(task, config.transfer_limit,
                                                                  seed)[0],

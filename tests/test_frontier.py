@@ -162,6 +162,14 @@ def test_spaces_by_name_and_their_sublayers() -> None:
     sized = LayerwiseSpace.from_source(src, head_step=2, ffn_step=32, hiddens=(16, 32))
     assert sized.sublayers() == used_sublayers(sized.enumerate())
     assert len(SPACES["bort"](Arch.uniform(12, 16, 1024, 3072))) == 300
+    # hidden sizes from the search settings; the paper's grid keeps its own
+    for name in ("layerwise", "uniform"):
+        assert SearchConfig(space=name, hiddens=[16, 24]).space_of(src).hiddens == (16, 24)
+    assert SearchConfig().space_of(src).hiddens == (32,)
+    with pytest.raises(ConfigError, match="exceeds the source's 32"):
+        SearchConfig(hiddens=[16, 48]).space_of(src)
+    with pytest.raises(ConfigError, match="has the paper's hidden sizes"):
+        SearchConfig(space="bort", hiddens=[512]).space_of(Arch.uniform(12, 16, 1024, 3072))
     with pytest.raises(ConfigError, match="needs a source at least as large as its grid"):
         SPACES["bort"](src)
     with pytest.raises(ConfigError, match="unknown search space 'nope'"):

@@ -23,9 +23,12 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, Union
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Union
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .arch import Arch
 
 __all__ = ["AgoraConfig", "BenchConfig", "DistillConfig", "ExportConfig", "FinetuneConfig",
            "SearchConfig", "Settings", "TrainingConfig", "read_toml", "setting"]
@@ -230,6 +233,9 @@ class SearchConfig(Settings):
                                            minimum=0)
     min_speedup: float | None = setting(None, "smallest cost ratio source / candidate allowed",
                                         minimum=1)
+    hiddens: list[int] | None = setting(None, "hidden sizes the space chooses from (default: "
+                                        "the source's for layerwise, its x 1/2, 3/4, 1 for "
+                                        "uniform; bort has the paper's)", minimum=1)
     sample_lines: int = setting(64, "corpus lines that measure the source's unit importance",
                                 minimum=1)
     choose: str = setting("w", "the rule that picks the optimum among the evaluated: w (the "
@@ -242,6 +248,14 @@ class SearchConfig(Settings):
     def validate(self) -> None:
         if self.max_latency_ms is not None and self.cost != "latency":
             raise ConfigError("search: max_latency_ms needs cost 'latency' (a measured table)")
+
+    def space_of(self, source: Arch) -> Any:  # a LayerwiseSpace or UniformSpace
+        """The search space (`bort.space.SPACES`) this config names, cut from ``source``, at
+        ``hiddens`` when set (passed to the entry as ``hiddens=``)."""
+        from .space import SPACES
+
+        build = SPACES[self.space]
+        return build(source) if self.hiddens is None else build(source, hiddens=self.hiddens)
 
 
 @dataclass

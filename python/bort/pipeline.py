@@ -329,13 +329,12 @@ def _search(run: Run) -> dict:
     from .costs import COSTS
     from .model import BortModel
     from .search import optimal_subarchitecture, plot_front
-    from .space import SPACES
 
     s = run.config.stage("search")
     source = run.source()
     out = run.dir / "search"
     teacher = BortModel.from_pretrained(run.result("teacher")["model"])
-    result = optimal_subarchitecture(source, SPACES[s.space](source.arch), run.corpus(),
+    result = optimal_subarchitecture(source, s.space_of(source.arch), run.corpus(),
                                      importance=run.importance(), config=s, out=out, log=run.log,
                                      teacher=None if run.embedding else teacher,
                                      task=None if run.embedding else run.task())

@@ -91,13 +91,14 @@ class UniformSpace:
                    (256, 512, 768, 1024, 3072), base)
 
     @classmethod
-    def around(cls, source: Arch) -> UniformSpace:
-        """A small grid below ``source``: depths 1..D, head counts up to its own, hidden ×
-        {1/2, 3/4, 1} and FFN × {1/4, 1/2, 1} of its first layer's."""
+    def around(cls, source: Arch, hiddens: Sequence[int] | None = None) -> UniformSpace:
+        """A small grid below ``source``: depths 1..D, head counts up to its own, ``hiddens``
+        (default the source's × {1/2, 3/4, 1}) and FFN × {1/4, 1/2, 1} of its first layer's."""
         first = source.layers[0]
+        if hiddens is None:
+            hiddens = {source.hidden // 2, source.hidden * 3 // 4, source.hidden}
         return cls(range(1, len(source.layers) + 1),
-                   [h for h in (1, 2, 4, 6, 8, 12, 16) if h <= first.heads],
-                   sorted({source.hidden // 2, source.hidden * 3 // 4, source.hidden}),
+                   [h for h in (1, 2, 4, 6, 8, 12, 16) if h <= first.heads], sorted(hiddens),
                    sorted({first.ffn // 4, first.ffn // 2, first.ffn}), base=source)
 
     def _pairs(self) -> list[tuple[int, int]]:
@@ -206,16 +207,20 @@ class LayerwiseSpace:
 
 
 # ---------------------------------------------------------------------- the registry
-#: Search spaces by name: each entry builds a space from the source architecture.
+#: Search spaces by name: each entry builds a space from the source architecture (and, where it
+#: takes a ``hiddens`` keyword, the hidden sizes `SearchConfig.hiddens` asks for).
 SPACES: Registry = Registry("search space")
 SPACES.register("layerwise", LayerwiseSpace.from_source)
 SPACES.register("uniform", UniformSpace.around)
 
 
 @SPACES.register("bort")
-def bort_space(source: Arch) -> UniformSpace:
+def bort_space(source: Arch, hiddens: Sequence[int] | None = None) -> UniformSpace:
     """The Bort paper's grid (`UniformSpace.bort`) with the source's vocabulary and positions;
-    every architecture of it must be a part of the source."""
+    every architecture of it must be a part of the source. Its hidden sizes are the paper's."""
+    if hiddens is not None:
+        raise ConfigError("--space bort has the paper's hidden sizes (512, 768, 1024); "
+                          "choose hidden sizes with --space layerwise or uniform")
     grid = UniformSpace.bort(base=source)
     big_enough = (len(source.layers) >= max(grid.depths) and source.hidden >= max(grid.hiddens)
                   and all(x.heads >= max(grid.heads) and x.ffn >= max(grid.ffns)

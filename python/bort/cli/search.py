@@ -36,12 +36,11 @@ def search(args: argparse.Namespace, config: SearchConfig):
     from ..distill import Corpus
     from ..model import BortModel
     from ..search import optimal_subarchitecture
-    from ..space import SPACES
 
     if (args.teacher is None) != (args.task is None):
         raise ValueError("--teacher and --task go together (a task-aware surrogate needs both)")
     source = BortModel.from_pretrained(default_source(args.source))
-    space = SPACES[config.space](source.arch)  # a source too small for the space fails here
+    space = config.space_of(source.arch)  # a source too small for the space fails here
     corpus = Corpus(args.corpus or default_corpus())
     imp = importance(source, corpus.head(config.sample_lines))
     task = load_task(args.task) if args.task else None
