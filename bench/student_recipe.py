@@ -74,8 +74,7 @@ def parse_arch(spec: str, run: Run) -> Arch:
 def dev_curve(model_dir: Path, metric: str) -> list[tuple[int, float]]:
     """(step, dev score) of every evaluation of a finished fine-tuning."""
     history = json.loads((model_dir / "metrics.json").read_text())["history"]
-    return [(step, value[metric] if isinstance(value, dict) else value)
-            for step, value in history["dev"]]
+    return [(step, metrics[metric]) for step, metrics in history["dev"]]
 
 
 def main() -> int:

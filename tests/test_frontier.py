@@ -166,8 +166,9 @@ def test_spaces_by_name_and_their_sublayers() -> None:
     for name in ("layerwise", "uniform"):
         assert SearchConfig(space=name, hiddens=[16, 24]).space_of(src).hiddens == (16, 24)
     assert SearchConfig().space_of(src).hiddens == (32,)
-    with pytest.raises(ConfigError, match="exceeds the source's 32"):
-        SearchConfig(hiddens=[16, 48]).space_of(src)
+    for name in ("layerwise", "uniform"):
+        with pytest.raises(ConfigError, match="exceeds the source's 32"):
+            SearchConfig(space=name, hiddens=[16, 48]).space_of(src)
     with pytest.raises(ConfigError, match="has the paper's hidden sizes"):
         SearchConfig(space="bort", hiddens=[512]).space_of(Arch.uniform(12, 16, 1024, 3072))
     with pytest.raises(ConfigError, match="needs a source at least as large as its grid"):

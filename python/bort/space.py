@@ -97,6 +97,8 @@ class UniformSpace:
         first = source.layers[0]
         if hiddens is None:
             hiddens = {source.hidden // 2, source.hidden * 3 // 4, source.hidden}
+        elif hiddens and max(hiddens) > source.hidden:  # here, not after the whole search
+            raise ConfigError(f"hidden size {max(hiddens)} exceeds the source's {source.hidden}")
         return cls(range(1, len(source.layers) + 1),
                    [h for h in (1, 2, 4, 6, 8, 12, 16) if h <= first.heads], sorted(hiddens),
                    sorted({first.ffn // 4, first.ffn // 2, first.ffn}), base=source)
